@@ -1,0 +1,425 @@
+"""The ``bidsfm`` command line (BIDS-App conventions, as fMRIPrep and XCP-D users know them).
+
+The module imports only the standard library and click at import time, so ``bidsfm --help`` is
+instant; numpy, nibabel, pybids, nipype (and later torch) are imported when a level runs.
+
+Exit codes: 0 all runs processed (or skipped by ``--min-time``); 1 some runs or participants
+failed (each failure is reported on one line and recorded in its QC table); 2 bad command line,
+configuration or missing atlas (nothing processed); 3 an unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+LOGGER = logging.getLogger("bidsfm")
+
+#: options that take several space-separated values (``--participant-label 01 02``)
+GREEDY_OPTIONS = ("--participant-label", "--participant_label", "--session-label",
+                  "--session_label", "-t", "--task-id", "--task_id")
+_GREEDY_VALUE = re.compile(r"^(sub-|ses-|task-)?[A-Za-z0-9]+$")
+
+
+def expand_greedy(argv: list[str]) -> list[str]:
+    """Turn ``--participant-label 01 02`` into ``--participant-label 01 --participant-label 02``.
+
+    Values are consumed while they look like BIDS labels (never ``participant``/``group``, never
+    a path), so positional arguments may still follow the option as with argparse's nargs='+'.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        out.append(arg)
+        if arg in GREEDY_OPTIONS and i + 1 < len(argv):
+            out.append(argv[i + 1])
+            i += 2
+            while (i < len(argv) and _GREEDY_VALUE.match(argv[i])
+                   and argv[i] not in ("participant", "group")):
+                out.extend([arg, argv[i]])
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Eager callback: read a TOML/JSON/YAML config file into click's default map."""
+    if not value:
+        return value
+    path = Path(value)
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise click.BadParameter(f"{path}: cannot read config file ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("bidsfm"), dict):
+        data = data["bidsfm"]
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: config file must hold a mapping of option names")
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, val in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise click.BadParameter(f"{path}: unknown option {key!r} in config file")
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _parse_derivatives(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for val in values:
+        name, sep, path = val.partition("=")
+        if not sep:
+            name, path = "fmriprep", val
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("bids_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("analysis_level", type=click.Choice(["participant", "group"]))
+@click.option("--config-file", type=click.Path(dir_okay=False), callback=_load_config,
+              is_eager=True, expose_value=False,
+              help="TOML/JSON/YAML file whose keys are option names (e.g. atlas, nprocs).")
+@click.option("--participant-label", "--participant_label", "participant_label", multiple=True,
+              help="Participant label(s), with or without 'sub-'; several may follow the option. "
+                   "Default: every participant.")
+@click.option("--session-label", "--session_label", "session_label", multiple=True,
+              help="Only these session label(s), with or without 'ses-'.")
+@click.option("-t", "--task-id", "--task_id", "task_id", multiple=True,
+              help="Only these task(s).")
+@click.option("-d", "--derivatives", "derivatives", multiple=True, metavar="NAME=PATH",
+              help="fMRIPrep derivatives when BIDS_DIR is the raw dataset, e.g. -d fmriprep=PATH.")
+@click.option("--bids-filter-file", "--bids_filter_file", "bids_filter_file",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON with pybids filters; its 'bold' entry narrows the BOLD query.")
+@click.option("--bids-database-dir", "--bids_database_dir", "bids_database_dir",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where to keep (and reuse) the pybids index. Default: under the work dir.")
+@click.option("--space", default="MNI152NLin2009cAsym", show_default=True,
+              help="Template space of the fMRIPrep BOLD runs, optionally TEMPLATE:res-N.")
+@click.option("--atlas", "atlas", multiple=True, default=("CC200",), show_default=True,
+              help="Atlas: CC200, SchaeferNxK (e.g. Schaefer400x17, from TemplateFlow) or a "
+                   "label NIfTI path (NAME=PATH allowed). Repeat for several.")
+@click.option("--min-coverage", type=float, default=0.5, show_default=True,
+              help="ROIs with a smaller fraction of voxels inside the brain mask are n/a.")
+@click.option("--denoise-strategy", "--nuisance-regressors", "strategy", default="simple",
+              show_default=True,
+              help="simple, simple+gsr, scrubbing, scrubbing+gsr, compcor, none, or a JSON "
+                   "strategy file.")
+@click.option("--dummy-scans", default="auto", show_default=True,
+              help="Volumes to drop at the start: an integer, or 'auto' for fMRIPrep's "
+                   "non_steady_state_outlier columns.")
+@click.option("--fd-thresh", type=float, default=None,
+              help="Censor volumes with framewise displacement above this (mm); 0 disables. "
+                   "Default: the strategy's (0.5 for scrubbing, none otherwise).")
+@click.option("--dvars-thresh", type=float, default=None,
+              help="Censor volumes with standardised DVARS above this; 0 disables.")
+@click.option("--lower-bpf", type=float, default=None, help="High-pass cut-off (Hz).")
+@click.option("--upper-bpf", type=float, default=None, help="Low-pass cut-off (Hz).")
+@click.option("--min-time", type=float, default=60.0, show_default=True,
+              help="Skip runs with less retained data than this (seconds); 0 keeps all.")
+@click.option("--standardize", type=click.Choice(["zscore_sample", "psc", "none"]),
+              default="zscore_sample", show_default=True, help="Scaling of the ROI time series.")
+@click.option("--detrend/--no-detrend", default=True, show_default=True,
+              help="Remove a linear trend during denoising.")
+@click.option("-w", "--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Nipype work directory (caching, crash files). Default: ./work.")
+@click.option("--nprocs", "--nthreads", "--n-cpus", "nprocs", type=int, default=1,
+              show_default=True, help="Parallel processes (MultiProc when > 1).")
+@click.option("--omp-nthreads", type=int, default=1, show_default=True,
+              help="Threads per process for numerical libraries.")
+@click.option("--mem-mb", "--mem_mb", "mem_mb", type=int, default=None,
+              help="Memory available to the job (MB), passed to the Nipype scheduler.")
+@click.option("--use-plugin", type=click.Path(dir_okay=False, exists=True),
+              help="Nipype plugin file (YAML/JSON): plugin: SLURM, plugin_args: {...}.")
+@click.option("--notrack", is_flag=True, help="Accepted for compatibility; bidsfm never tracks.")
+@click.option("-v", "--verbose", "verbose", count=True, help="More messages (-v, -vv).")
+@click.version_option(__version__, "--version", prog_name="bidsfm")
+def cli(bids_dir: Path, output_dir: Path, analysis_level: str, **opts: Any) -> None:
+    """Run brain-network foundation models on fMRIPrep derivatives.
+
+    BIDS_DIR is the fMRIPrep derivatives dataset (or a raw BIDS dataset with -d fmriprep=PATH
+    or derivatives/fmriprep inside it). OUTPUT_DIR receives the bidsfm derivatives.
+    ANALYSIS_LEVEL is 'participant' or 'group'.
+    """
+    _setup_logging(opts["verbose"])
+    if analysis_level == "group":
+        click.echo("bidsfm: the group level is not available yet in bidsfm "
+                   f"{__version__}; run the participant level (it writes every per-run output).",
+                   err=True)
+        sys.exit(EXIT_USAGE)
+    from .errors import BidsfmError
+
+    try:
+        code = run_participant_level(bids_dir, output_dir, **opts)
+    except BidsfmError as err:
+        click.echo(f"bidsfm: error: {err.one_line()}", err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(code)
+
+
+def _setup_logging(verbose: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose >= 1 else logging.INFO
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False,
+                          console=_console())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s",
+                        force=True)
+    LOGGER.setLevel(level)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, width=200 if not sys.stderr.isatty() else None)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
+    """Run the participant level; return the process exit code.
+
+    Raises
+    ------
+    BidsfmError
+        For problems that stop the whole job (bad options, no input dataset, no atlas).
+    """
+    from .discovery import (
+        RunProblem,
+        build_layout,
+        collect_runs,
+        list_participants,
+        locate_fmriprep,
+        normalize_labels,
+        normalize_participant_labels,
+        parse_space,
+    )
+    from .errors import AtlasNotFoundError, ConfigError
+
+    bids_dir = bids_dir.absolute()
+    output_dir = output_dir.absolute()
+    fmriprep_dir = locate_fmriprep(bids_dir, _parse_derivatives(opts["derivatives"]))
+    for name, folder in (("output", output_dir), ("work", opts["work_dir"])):
+        if folder is None:
+            continue
+        for protected in {bids_dir, fmriprep_dir}:
+            if _inside(Path(folder), protected):
+                raise ConfigError(f"the {name} folder {folder} is inside the input dataset",
+                                  path=protected, remedy=f"Put the {name} folder outside the "
+                                  "input (inputs are often mounted read-only)")
+    work_dir = (opts["work_dir"] or Path.cwd() / "work").absolute()
+    if _inside(work_dir, bids_dir) or _inside(work_dir, fmriprep_dir):
+        raise ConfigError(f"the default work folder {work_dir} is inside the input dataset",
+                          remedy="Pass -w/--work-dir outside the input dataset")
+
+    template, _res = parse_space(opts["space"])
+    filters = _read_filters(opts["bids_filter_file"])
+    options = _processing_options(opts)
+
+    # atlases: resolve once up front; a missing atlas is a one-line error
+    from .atlases import resolve_atlas
+
+    atlas_problems = []
+    usable = []
+    for spec in options.atlases:
+        try:
+            resolve_atlas(spec, space=template)
+            usable.append(spec)
+        except AtlasNotFoundError as err:
+            atlas_problems.append(err.one_line())
+    for msg in atlas_problems:
+        LOGGER.error("%s", msg)
+    if not usable:
+        raise AtlasNotFoundError("no requested atlas is available offline; nothing to do",
+                                 remedy="See the messages above")
+    options.atlases = usable
+
+    requested = normalize_participant_labels(opts["participant_label"])
+    available = list_participants(fmriprep_dir)
+    problems: list[RunProblem] = []
+    if requested:
+        participants = [p for p in requested if p in available]
+        for p in requested:
+            if p not in available:
+                problems.append(RunProblem(f"sub-{p}", (
+                    f"{fmriprep_dir}: participant label 'sub-{p}' not found (no sub-{p} folder). "
+                    "Check --participant-label against the sub-* folders of the input")))
+    else:
+        participants = available
+    if not participants:
+        for pr in problems:
+            LOGGER.error("%s", pr.message)
+        raise ConfigError("no participant to process", path=fmriprep_dir,
+                          remedy="Check --participant-label and the input folder")
+
+    db_dir = opts["bids_database_dir"] or (work_dir / "bids_db")
+    layout = build_layout(fmriprep_dir, participants, Path(db_dir))
+    sessions = normalize_labels(opts["session_label"], "ses-", "session")
+    tasks = normalize_labels(opts["task_id"], "task-", "task")
+    runs_by_participant = {}
+    for p in participants:
+        runs, run_problems = collect_runs(layout, fmriprep_dir, p, space=opts["space"],
+                                          sessions=sessions, tasks=tasks, bids_filters=filters)
+        problems.extend(run_problems)
+        if not runs and not run_problems:
+            problems.append(RunProblem(f"sub-{p}", (
+                f"{fmriprep_dir / ('sub-' + p)}: no desc-preproc_bold run in space {template} "
+                f"matches the selection. Check --space, --session-label, --task-id and the "
+                "filter file")))
+        runs_by_participant[p] = runs
+    for pr in problems:
+        LOGGER.error("%s", pr.message)
+
+    from .derivatives import ensure_dataset_description
+
+    links = {"preprocessed": str(fmriprep_dir)}
+    if bids_dir != fmriprep_dir:
+        links["raw"] = str(bids_dir)
+    ensure_dataset_description(output_dir, fmriprep_dir, links)
+
+    n_runs = sum(len(r) for r in runs_by_participant.values())
+    LOGGER.info("bidsfm %s: %d run(s) of %d participant(s) from %s; atlases %s; strategy %s",
+                __version__, n_runs, len(participants), fmriprep_dir,
+                ",".join(options.atlases), options.strategy)
+    results: list[dict] = []
+    if n_runs:
+        results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts)
+    _print_summary(results, problems, output_dir)
+    failed = [r for r in results if r["status"] == "error"]
+    if failed or problems or atlas_problems:
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _read_filters(path: Path | None) -> dict[str, Any]:
+    from .errors import ConfigError
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read BIDS filter file ({exc})", path=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("BIDS filter file must hold a JSON object", path=path)
+    return data
+
+
+def _processing_options(opts: dict[str, Any]):
+    from .pipeline import ProcessingOptions
+
+    standardize = None if opts["standardize"] == "none" else opts["standardize"]
+    return ProcessingOptions(
+        atlases=list(opts["atlas"]) or ["CC200"], strategy=opts["strategy"],
+        fd_threshold=_float_or_none(opts["fd_thresh"]),
+        dvars_threshold=_float_or_none(opts["dvars_thresh"]),
+        dummy_scans=opts["dummy_scans"], lower_bpf=_float_or_none(opts["lower_bpf"]),
+        upper_bpf=_float_or_none(opts["upper_bpf"]), min_time=float(opts["min_time"]),
+        min_coverage=float(opts["min_coverage"]), standardize=standardize,
+        detrend=bool(opts["detrend"]))
+
+
+def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path,
+                  opts: dict[str, Any]) -> list[dict]:
+    from .workflow import init_bidsfm_wf, plugin_settings
+
+    # validate the strategy once (a bad strategy file is a usage error, not N run errors)
+    from .confounds import get_strategy
+
+    get_strategy(options.strategy, fd_threshold=options.fd_threshold,
+                 std_dvars_threshold=options.dvars_threshold)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
+                        omp_nthreads=opts["omp_nthreads"])
+    plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
+    try:
+        graph = wf.run(**plugin)
+    except RuntimeError as exc:  # some node crashed; the others ran
+        LOGGER.error("some workflow nodes crashed; crash files are under %s (%s)",
+                     work_dir / "crash", str(exc).splitlines()[0])
+        graph = None
+    results: list[dict] = []
+    nodes = list(graph.nodes()) if graph is not None else []
+    for node in nodes:
+        try:
+            outputs = node.result.outputs
+        except Exception:
+            continue
+        if outputs is not None and getattr(outputs, "results", None):
+            results.extend(outputs.results)
+    expected = sum(len(r) for r in runs_by_participant.values()) * len(options.atlases)
+    if len(results) < expected:
+        results.extend({"run": "?", "atlas": "?", "status": "error",
+                        "reason": f"workflow node crashed; see {work_dir / 'crash'}"}
+                       for _ in range(expected - len(results)))
+    return results
+
+
+def _print_summary(results: list[dict], problems: list, output_dir: Path) -> None:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    for r in results:
+        if r["status"] == "skipped":
+            LOGGER.warning("skipped %s (%s): %s", r["run"], r["atlas"], r["reason"])
+    parts = [f"{v} {k}" for k, v in sorted(counts.items())]
+    if problems:
+        parts.append(f"{len(problems)} input problem(s)")
+    LOGGER.info("done: %s. Outputs in %s", ", ".join(parts) or "nothing to do", output_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    args = expand_greedy(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cli.main(args=args, prog_name="bidsfm", standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception:  # pragma: no cover - last resort
+        logging.getLogger("bidsfm").exception("internal error")
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,185 @@
+"""ROI signals and coverage from one BOLD run, in a single streaming pass over the volumes.
+
+For every atlas the ROI signal at each volume is the mean over the ROI's voxels that lie inside
+the run's brain mask (what nilearn's ``NiftiLabelsMasker`` computes when given ``mask_img``).
+The BOLD file is read one volume at a time, so memory is bounded by the size of one volume and
+not by the number of volumes. Several atlases are served by the same pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputDataError
+
+
+@dataclass
+class LabelProjection:
+    """Voxel-to-ROI assignment of one atlas on the run grid, restricted to the brain mask.
+
+    Attributes
+    ----------
+    roi_of_voxel : np.ndarray
+        For each in-mask voxel (in the mask's flattened Fortran order), the ROI position
+        (0..R-1), or R for voxels outside every ROI.
+    n_in_mask : np.ndarray
+        Number of in-mask voxels per ROI.
+    n_total : np.ndarray
+        Number of voxels per ROI on the run grid (inside or outside the mask).
+    """
+
+    roi_of_voxel: np.ndarray
+    n_in_mask: np.ndarray
+    n_total: np.ndarray
+
+    @property
+    def coverage(self) -> np.ndarray:
+        """Fraction of each ROI's voxels that lie inside the brain mask (0 for empty ROIs)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cov = self.n_in_mask / self.n_total
+        return np.where(self.n_total > 0, cov, 0.0)
+
+
+def load_mask(mask_path: str | Path, bold_affine: np.ndarray, bold_shape: tuple[int, ...]
+              ) -> np.ndarray:
+    """Load a brain mask and check that it lies on the BOLD grid.
+
+    Raises
+    ------
+    InputDataError
+        If the mask cannot be read, is not 3D, does not match the BOLD grid or is empty.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(mask_path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputDataError(f"cannot read brain mask ({type(exc).__name__}: {exc})",
+                             path=mask_path, remedy="Restore the file from fMRIPrep") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputDataError(f"brain mask is {data.ndim}D, expected 3D", path=mask_path)
+    if tuple(data.shape) != tuple(bold_shape[:3]) or not np.allclose(img.affine, bold_affine,
+                                                                     atol=1e-3):
+        raise InputDataError("brain mask is not on the BOLD grid (shape or affine differ)",
+                             path=mask_path, remedy="Use the desc-brain_mask written by fMRIPrep "
+                             "for the same space and resolution as the BOLD run")
+    mask = data > 0
+    if not mask.any():
+        raise InputDataError("brain mask is empty", path=mask_path)
+    return mask
+
+
+def project_labels(labels: np.ndarray, label_values: np.ndarray, mask: np.ndarray
+                   ) -> LabelProjection:
+    """Build the voxel-to-ROI assignment of one atlas.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        3D integer label image on the run grid.
+    label_values : np.ndarray
+        The atlas's ROI indices, in output column order (a fixed list; ROIs absent from the
+        grid get zero voxels, never dropped).
+    mask : np.ndarray
+        3D boolean brain mask on the run grid.
+    """
+    label_values = np.asarray(label_values, dtype=np.int64)
+    n_roi = label_values.size
+    lookup_size = int(max(label_values.max(initial=0), labels.max(initial=0))) + 1
+    lookup = np.full(lookup_size, n_roi, dtype=np.int64)
+    lookup[label_values] = np.arange(n_roi)
+    lab = np.clip(labels, 0, None).astype(np.int64)
+    pos_all = lookup[lab]  # 3D positions, n_roi = none
+    n_total = np.bincount(pos_all.ravel(order="F"), minlength=n_roi + 1)[:n_roi]
+    roi_of_voxel = pos_all.ravel(order="F")[mask.ravel(order="F")]
+    n_in_mask = np.bincount(roi_of_voxel, minlength=n_roi + 1)[:n_roi]
+    return LabelProjection(roi_of_voxel=roi_of_voxel, n_in_mask=n_in_mask, n_total=n_total)
+
+
+def open_bold(bold_path: str | Path):
+    """Open a BOLD NIfTI lazily and check that it is a 4D image.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        Image whose data are read on demand.
+
+    Raises
+    ------
+    InputDataError
+        If the file cannot be read or is not 4D with at least 2 volumes.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(bold_path))
+        shape = img.shape
+    except Exception as exc:
+        raise InputDataError(f"cannot read BOLD image ({type(exc).__name__}: {exc})",
+                             path=bold_path, remedy="Check the file is a complete NIfTI; rerun "
+                             "fMRIPrep for this run if it is truncated") from None
+    if len(shape) != 4 or shape[3] < 2:
+        raise InputDataError(f"BOLD image has shape {shape}, expected 4D with several volumes",
+                             path=bold_path, remedy="Pass the desc-preproc_bold 4D series")
+    return img
+
+
+def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
+                        projections: list[LabelProjection], img=None) -> list[np.ndarray]:
+    """Mean ROI signals of every atlas, reading the BOLD file once, volume by volume.
+
+    Parameters
+    ----------
+    bold_path : str or Path
+        4D BOLD NIfTI (``.nii`` or ``.nii.gz``, float or scaled integer data).
+    mask : np.ndarray
+        3D boolean brain mask on the BOLD grid.
+    projections : list of LabelProjection
+        One per atlas, from :func:`project_labels`.
+    img : nibabel image, optional
+        An already opened image (from :func:`open_bold`).
+
+    Returns
+    -------
+    list of np.ndarray
+        One (n_volumes, n_rois) float64 array per atlas; ROIs with no in-mask voxel are NaN.
+
+    Raises
+    ------
+    InputDataError
+        If the file is truncated or corrupt, or holds non-finite values inside the mask.
+    """
+    img = open_bold(bold_path) if img is None else img
+    n_vol = img.shape[3]
+    flat_mask = mask.ravel(order="F")
+    outs = [np.empty((n_vol, p.n_in_mask.size), dtype=np.float64) for p in projections]
+    denoms = [np.where(p.n_in_mask > 0, p.n_in_mask, 1).astype(np.float64) for p in projections]
+    empty = [p.n_in_mask == 0 for p in projections]
+    dataobj = img.dataobj
+    try:
+        for t in range(n_vol):
+            vol = np.asarray(dataobj[..., t], dtype=np.float64).ravel(order="F")[flat_mask]
+            if not np.isfinite(vol).all():
+                bad = int((~np.isfinite(vol)).sum())
+                raise InputDataError(f"volume {t} has {bad} non-finite (NaN/Inf) voxels inside "
+                                     "the brain mask", path=bold_path,
+                                     remedy="Check the preprocessing of this run")
+            for out, proj, denom in zip(outs, projections, denoms, strict=True):
+                n_roi = denom.size
+                sums = np.bincount(proj.roi_of_voxel, weights=vol, minlength=n_roi + 1)[:n_roi]
+                out[t] = sums / denom
+    except InputDataError:
+        raise
+    except Exception as exc:  # truncated gzip, short file, ...
+        raise InputDataError(f"cannot read BOLD data ({type(exc).__name__}: {exc})",
+                             path=bold_path, remedy="The file looks truncated or corrupt; "
+                             "rerun fMRIPrep for this run") from None
+    for out, emp in zip(outs, empty, strict=True):
+        out[:, emp] = np.nan
+    return outs
