@@ -361,11 +361,10 @@ def _processing_options(opts: dict[str, Any]):
 
 def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path,
                   opts: dict[str, Any]) -> list[dict]:
+    from .confounds import get_strategy
     from .workflow import init_bidsfm_wf, plugin_settings
 
     # validate the strategy once (a bad strategy file is a usage error, not N run errors)
-    from .confounds import get_strategy
-
     get_strategy(options.strategy, fd_threshold=options.fd_threshold,
                  std_dvars_threshold=options.dvars_threshold)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -120,8 +120,8 @@ def ensure_dataset_description(output_dir: str | Path, input_dir: str | Path,
             "Name": existing.get("Name", "bidsfm outputs"),
             "BIDSVersion": BIDS_VERSION,
             "DatasetType": "derivative",
-            "GeneratedBy": [generated_by()] + [g for g in upstream
-                                                if isinstance(g, dict) and g.get("Name") != "bidsfm"],
+            "GeneratedBy": [generated_by()] + [
+                g for g in upstream if isinstance(g, dict) and g.get("Name") != "bidsfm"],
             "DatasetLinks": links,
             "HowToAcknowledge": "Please cite bidsfm and the tools listed in GeneratedBy; see "
                                 "logs/CITATION.md when present.",

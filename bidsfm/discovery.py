@@ -139,7 +139,8 @@ def parse_space(spec: str) -> tuple[str, str | None]:
     if mod:
         if not mod.startswith("res-"):
             raise ConfigError(f"cannot parse --space {spec!r}",
-                              remedy="Use TEMPLATE or TEMPLATE:res-N, e.g. MNI152NLin2009cAsym:res-2")
+                              remedy="Use TEMPLATE or TEMPLATE:res-N, e.g. "
+                                     "MNI152NLin2009cAsym:res-2")
         res = mod[4:]
     if not _LABEL_RE.match(template):
         raise ConfigError(f"invalid --space {spec!r}")
