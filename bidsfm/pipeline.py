@@ -230,6 +230,8 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
                                 Path(output_dir))
         return results
     except BidsfmError as err:
+        if err.path is None:  # e.g. a filter error: name the run it happened on
+            err.path = run.bold
         message = err.one_line()
     except Exception as exc:  # an unexpected failure still must not stop other runs
         LOGGER.exception("internal error while processing %s", run.bold)
