@@ -190,22 +190,21 @@ def cli(bids_dir: Path, output_dir: Path, analysis_level: str, **opts: Any) -> N
 
 
 def _setup_logging(verbose: int) -> None:
-    from rich.logging import RichHandler
-
+    """Log to stderr: rich on a terminal, plain one-line records otherwise (cluster logs)."""
     level = logging.DEBUG if verbose >= 1 else logging.INFO
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False,
-                          console=_console())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s",
-                        force=True)
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, markup=False, console=Console(stderr=True))
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     LOGGER.setLevel(level)
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, width=200 if not sys.stderr.isatty() else None)
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -368,6 +367,7 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
     get_strategy(options.strategy, fd_threshold=options.fd_threshold,
                  std_dvars_threshold=options.dvars_threshold)
     work_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_nipype(opts["verbose"])
     wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
                         omp_nthreads=opts["omp_nthreads"])
     plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
@@ -392,6 +392,19 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
                         "reason": f"workflow node crashed; see {work_dir / 'crash'}"}
                        for _ in range(expected - len(results)))
     return results
+
+
+def _quiet_nipype(verbose: int) -> None:
+    """Route Nipype's messages through its own handler only, at WARNING unless -vv."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    level = "INFO" if verbose >= 2 else "WARNING"
+    for key in ("workflow_level", "interface_level", "utils_level"):
+        nipype_config.set("logging", key, level)
+    nipype_logging.update_logging(nipype_config)
+    for name in ("nipype", "nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).propagate = False
 
 
 def _print_summary(results: list[dict], problems: list, output_dir: Path) -> None:

@@ -19,7 +19,6 @@ from .errors import ConfigError
 from .utils import atomic_path, write_json_atomic
 
 BIDS_VERSION = "1.10.0"
-CODE_URL = "https://github.com/bidsfm/bidsfm"
 
 
 def run_dir(output_dir: str | Path, entities: dict[str, str]) -> Path:
@@ -73,7 +72,7 @@ def write_tsv_atomic(path: str | Path, data: np.ndarray, columns: Sequence[str],
 
 def generated_by() -> dict[str, Any]:
     """The ``GeneratedBy`` entry describing this bidsfm version."""
-    return {"Name": "bidsfm", "Version": __version__, "CodeURL": CODE_URL}
+    return {"Name": "bidsfm", "Version": __version__}
 
 
 def ensure_dataset_description(output_dir: str | Path, input_dir: str | Path,

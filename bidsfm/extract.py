@@ -130,6 +130,71 @@ def open_bold(bold_path: str | Path):
     return img
 
 
+def _open_stream(path: str | Path):
+    """Open a NIfTI file as a byte stream, decompressing gzip with isal when available."""
+    path = str(path)
+    with open(path, "rb") as probe:
+        gz = probe.read(2) == b"\x1f\x8b"
+    if not gz:
+        return open(path, "rb")
+    try:
+        from isal import igzip
+
+        return igzip.open(path, "rb")
+    except ImportError:  # pragma: no cover - isal is a dependency, this is a fallback
+        import gzip
+
+        return gzip.open(path, "rb")
+
+
+def iter_volumes(bold_path: str | Path, img=None):
+    """Yield the volumes of a 4D NIfTI one at a time, as flat float64 arrays (Fortran order).
+
+    The file is read sequentially once (no seeking in the compressed stream), applying the
+    header's scaling (``scl_slope``/``scl_inter``) and byte order, so memory stays at one
+    volume whatever the run length.
+
+    Raises
+    ------
+    InputDataError
+        If the file ends before the last volume.
+    """
+    img = open_bold(bold_path) if img is None else img
+    header = img.header
+    shape = img.shape
+    dtype = np.dtype(getattr(img.dataobj, "dtype", header.get_data_dtype()))
+    n_vox = int(np.prod(shape[:3]))
+    nbytes = n_vox * dtype.itemsize
+    slope, inter = header.get_slope_inter()
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    with _open_stream(bold_path) as stream:
+        remaining = offset
+        while remaining > 0:
+            chunk = stream.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        for t in range(int(shape[3])):
+            got = 0
+            while got < nbytes:
+                n = stream.readinto(view[got:])
+                if not n:
+                    raise InputDataError(
+                        f"file ends in volume {t} of {shape[3]} (truncated)", path=bold_path,
+                        remedy="Re-copy the file or rerun fMRIPrep for this run")
+                got += n
+            vol = np.frombuffer(buf, dtype=dtype).astype(np.float64)
+            if slope != 1.0:
+                vol *= slope
+            if inter != 0.0:
+                vol += inter
+            yield vol
+
+
 def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
                         projections: list[LabelProjection], img=None) -> list[np.ndarray]:
     """Mean ROI signals of every atlas, reading the BOLD file once, volume by volume.
@@ -161,10 +226,9 @@ def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
     outs = [np.empty((n_vol, p.n_in_mask.size), dtype=np.float64) for p in projections]
     denoms = [np.where(p.n_in_mask > 0, p.n_in_mask, 1).astype(np.float64) for p in projections]
     empty = [p.n_in_mask == 0 for p in projections]
-    dataobj = img.dataobj
     try:
-        for t in range(n_vol):
-            vol = np.asarray(dataobj[..., t], dtype=np.float64).ravel(order="F")[flat_mask]
+        for t, vol in enumerate(iter_volumes(bold_path, img)):
+            vol = vol[flat_mask]
             if not np.isfinite(vol).all():
                 bad = int((~np.isfinite(vol)).sum())
                 raise InputDataError(f"volume {t} has {bad} non-finite (NaN/Inf) voxels inside "

@@ -182,10 +182,13 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
-    sd = x.std(axis=0, ddof=1)
-    sd = np.where(sd > 0, sd, 1.0)
-    return (x - x.mean(axis=0)) / sd
+def _dvars_pct(raw: np.ndarray, residual: np.ndarray) -> tuple[float, float]:
+    """Mean ROI-level DVARS before and after denoising, both in % of each ROI's mean signal."""
+    from .denoise import dvars
+
+    scale = np.abs(raw.mean(axis=0))
+    scale = np.where(scale > 0, scale, 1.0) / 100.0
+    return _nanmean(dvars(raw / scale)), _nanmean(dvars(residual / scale))
 
 
 def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path, *,
@@ -282,7 +285,7 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
              output_dir: Path) -> list[RunResult]:
     from .atlases import resample_labels
     from .confounds import load_confounds
-    from .denoise import clean_signals, dvars
+    from .denoise import clean_signals
     from .extract import extract_roi_signals, load_mask, open_bold, project_labels
 
     img = open_bold(run.bold)
@@ -338,21 +341,24 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
         low = coverage < options.min_coverage
         raw = raw.copy()
         raw[:, low] = np.nan
-        cleaned = clean_signals(raw, t_r=tr, confounds=sel.confounds, sample_mask=retained,
-                                detrend=options.detrend, standardize=options.standardize,
-                                low_pass=options.upper_bpf, high_pass=options.lower_bpf)
-        computed.append((atlas, proj, info, raw, cleaned, coverage, low))
+        kwargs = {"t_r": tr, "confounds": sel.confounds, "sample_mask": retained,
+                  "detrend": options.detrend, "low_pass": options.upper_bpf,
+                  "high_pass": options.lower_bpf}
+        cleaned = clean_signals(raw, standardize=options.standardize, **kwargs)
+        # residuals in the input's units, for DVARS before/after in % of the ROI mean
+        residual = (cleaned if options.standardize is None
+                    else clean_signals(raw, standardize=None, **kwargs))
+        computed.append((atlas, proj, info, raw, cleaned, coverage, low, residual))
 
     from .connectivity import fisher_z, pearson_fc
     from .derivatives import write_tsv_atomic
 
-    for atlas, _proj, info, raw, cleaned, coverage, low in computed:
+    for atlas, _proj, info, raw, cleaned, coverage, low, residual in computed:
         paths = all_paths[atlas.name]
         names = atlas.labels["name"].astype(str).tolist()
         fc = pearson_fc(cleaned)
         valid = ~low
-        before = _nanmean(dvars(_zscore(raw[retained][:, valid])))
-        after = _nanmean(dvars(_zscore(cleaned[:, valid])))
+        before, after = _dvars_pct(raw[retained][:, valid], residual[:, valid])
         atlas_meta = {"Name": atlas.name, "Source": atlas.source, "SHA256": atlas.sha256,
                       "Template": atlas.template, "Transform": info}
         ts_meta = {
