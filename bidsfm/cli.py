@@ -77,11 +77,15 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         data = data["bidsfm"]
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path}: config file must hold a mapping of option names")
-    known = {p.name for p in ctx.command.params}
+    known: dict[str, str] = {}
+    for param in ctx.command.params:
+        known[str(param.name)] = str(param.name)
+        for opt in getattr(param, "opts", []):
+            known[opt.lstrip("-").replace("-", "_")] = str(param.name)
     defaults = {}
     for key, val in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
+        name = known.get(str(key).lstrip("-").replace("-", "_"))
+        if name is None:
             raise click.BadParameter(f"{path}: unknown option {key!r} in config file")
         defaults[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
