@@ -157,6 +157,11 @@ def _float_or_none(value: Any) -> float | None:
               default="zscore_sample", show_default=True, help="Scaling of the ROI time series.")
 @click.option("--detrend/--no-detrend", default=True, show_default=True,
               help="Remove a linear trend during denoising.")
+@click.option("--model", "model", default="auto", show_default=True,
+              help="Foundation model run on every processed run: a bundled model name, a model "
+                   "folder, or 'none'. 'auto' = the bundled default model.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where the model runs (auto = GPU when visible).")
 @click.option("-w", "--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Nipype work directory (caching, crash files). Default: ./work.")
 @click.option("--nprocs", "--nthreads", "--n-cpus", "nprocs", type=int, default=1,
@@ -258,6 +263,9 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     template, _res = parse_space(opts["space"])
     filters = _read_filters(opts["bids_filter_file"])
     options = _processing_options(opts)
+    model = _resolve_model(opts["model"])
+    if model is not None and model["atlas"] not in options.atlases:
+        options.atlases.append(model["atlas"])  # the model decides the atlas it needs
 
     # atlases: resolve once up front; a missing atlas is a one-line error
     from .atlases import resolve_atlas
@@ -334,6 +342,21 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     return EXIT_OK
 
 
+def _resolve_model(spec: str) -> dict[str, str] | None:
+    """Model folder and atlas for ``--model`` (None for 'none' or no bundled model)."""
+    from .models.registry import CARD, DEFAULT_MODEL, list_models, model_dir
+
+    if spec in ("none", "", None):
+        return None
+    if spec == "auto":
+        if DEFAULT_MODEL not in list_models():
+            return None
+        spec = DEFAULT_MODEL
+    folder = model_dir(spec)
+    card = json.loads((folder / CARD).read_text())
+    return {"path": str(folder), "atlas": card["atlas"]["name"], "name": card["name"]}
+
+
 def _read_filters(path: Path | None) -> dict[str, Any]:
     from .errors import ConfigError
 
@@ -372,8 +395,10 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
                  std_dvars_threshold=options.dvars_threshold)
     work_dir.mkdir(parents=True, exist_ok=True)
     _quiet_nipype(opts["verbose"])
+    model = _resolve_model(opts["model"])
     wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
-                        omp_nthreads=opts["omp_nthreads"])
+                        omp_nthreads=opts["omp_nthreads"],
+                        model=None if model is None else model["path"], device=opts["device"])
     plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
     try:
         graph = wf.run(**plugin)
@@ -390,11 +415,12 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
             continue
         if outputs is not None and getattr(outputs, "results", None):
             results.extend(outputs.results)
+    run_results = [r for r in results if r.get("stage") != "model"]
     expected = sum(len(r) for r in runs_by_participant.values()) * len(options.atlases)
-    if len(results) < expected:
+    if len(run_results) < expected:
         results.extend({"run": "?", "atlas": "?", "status": "error",
                         "reason": f"workflow node crashed; see {work_dir / 'crash'}"}
-                       for _ in range(expected - len(results)))
+                       for _ in range(expected - len(run_results)))
     return results
 
 
@@ -414,10 +440,14 @@ def _quiet_nipype(verbose: int) -> None:
 def _print_summary(results: list[dict], problems: list, output_dir: Path) -> None:
     counts: dict[str, int] = {}
     for r in results:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        key = ("model " if r.get("stage") == "model" else "") + r["status"]
+        counts[key] = counts.get(key, 0) + 1
     for r in results:
+        where = "model" if r.get("stage") == "model" else r.get("atlas", "")
         if r["status"] == "skipped":
-            LOGGER.warning("skipped %s (%s): %s", r["run"], r["atlas"], r["reason"])
+            LOGGER.warning("skipped %s (%s): %s", r["run"], where, r["reason"])
+        elif r["status"] == "error" and r.get("stage") == "model":
+            LOGGER.error("%s (model): %s", r["run"], r["reason"])
     parts = [f"{v} {k}" for k, v in sorted(counts.items())]
     if problems:
         parts.append(f"{len(problems)} input problem(s)")

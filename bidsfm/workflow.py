@@ -66,6 +66,44 @@ class ProcessRun(SimpleInterface):
         return runtime
 
 
+class _EncodeInputSpec(BaseInterfaceInputSpec):
+    runs = traits.List(traits.Dict, mandatory=True, desc="BoldRun.to_dict() of each run")
+    run_results = traits.List(desc="outputs of the run nodes (dependency only)")
+    model = traits.Str(mandatory=True, desc="model name or folder")
+    device = traits.Str("cpu", usedefault=True, desc="cpu, cuda or auto")
+    output_dir = traits.Str(mandatory=True, desc="bidsfm derivatives root")
+    omp_nthreads = traits.Int(1, usedefault=True, desc="CPU threads for torch")
+
+
+class _EncodeOutputSpec(TraitedSpec):
+    results = traits.List(traits.Dict, desc="one dict per run: run, status, reason")
+
+
+class EncodeParticipant(SimpleInterface):
+    """Encode all runs of a participant in one batch (embeddings, predictions, attention)."""
+
+    input_spec = _EncodeInputSpec
+    output_spec = _EncodeOutputSpec
+
+    def _run_interface(self, runtime):
+        import torch
+
+        from .encode import encode_participant, resolve_device
+        from .errors import BidsfmError
+        from .models.registry import load_model
+
+        torch.set_num_threads(max(1, self.inputs.omp_nthreads))
+        runs = [BoldRun.from_dict(r) for r in self.inputs.runs]
+        try:
+            model = load_model(self.inputs.model, device=resolve_device(self.inputs.device))
+            results = encode_participant(runs, model, self.inputs.output_dir)
+        except BidsfmError as err:
+            results = [{"run": r.prefix, "status": "error", "reason": err.one_line()}
+                       for r in runs]
+        self._results["results"] = [{**r, "stage": "model"} for r in results]
+        return runtime
+
+
 def _stamp(run: BoldRun) -> str:
     out = []
     for p in (run.bold, run.mask, run.confounds):
@@ -97,7 +135,8 @@ def _node_name(run: BoldRun, index: int) -> str:
 
 def init_participant_wf(participant: str, runs: list[BoldRun], options: ProcessingOptions,
                         output_dir: str | Path, *, dataset_name: str = "preprocessed",
-                        omp_nthreads: int = 1, name: str | None = None) -> pe.Workflow:
+                        omp_nthreads: int = 1, name: str | None = None,
+                        model: str | None = None, device: str = "cpu") -> pe.Workflow:
     """Build the workflow of one participant: one :class:`ProcessRun` node per BOLD run.
 
     Parameters
@@ -116,9 +155,16 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         Threads per node for numerical libraries.
     name : str, optional
         Workflow name (default ``sub_<label>_wf``).
+    model : str, optional
+        Foundation model to run on every processed run (one batch per participant).
+    device : str
+        ``cpu``, ``cuda`` or ``auto`` for the model.
     """
+    from nipype.interfaces import utility as niu
+
     wf = pe.Workflow(name=name or f"sub_{participant}_wf")
     opts = options.to_dict()
+    run_nodes = []
     for i, run in enumerate(runs):
         node = pe.Node(ProcessRun(run=run.to_dict(), options=opts, output_dir=str(output_dir),
                                   dataset_name=dataset_name, omp_nthreads=omp_nthreads,
@@ -126,12 +172,23 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                        name=_node_name(run, i), mem_gb=_estimate_mem_gb(run),
                        n_procs=omp_nthreads)
         wf.add_nodes([node])
+        run_nodes.append(node)
+    if model and run_nodes:
+        merge = pe.Node(niu.Merge(len(run_nodes), ravel_inputs=True), name="gather_runs")
+        for i, node in enumerate(run_nodes, start=1):
+            wf.connect(node, "results", merge, f"in{i}")
+        encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
+                                           device=device, output_dir=str(output_dir),
+                                           omp_nthreads=omp_nthreads),
+                         name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
+        wf.connect(merge, "out", encode, "run_results")
     return wf
 
 
 def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: ProcessingOptions,
                    output_dir: str | Path, work_dir: str | Path, *,
-                   dataset_name: str = "preprocessed", omp_nthreads: int = 1) -> pe.Workflow:
+                   dataset_name: str = "preprocessed", omp_nthreads: int = 1,
+                   model: str | None = None, device: str = "cpu") -> pe.Workflow:
     """Top-level workflow: one sub-workflow per participant, base dir under the work dir."""
     wf = pe.Workflow(name="bidsfm_wf", base_dir=str(work_dir))
     crash_dir = Path(work_dir) / "crash"
@@ -147,7 +204,8 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
         if runs:
             wf.add_nodes([init_participant_wf(participant, runs, options, output_dir,
                                               dataset_name=dataset_name,
-                                              omp_nthreads=omp_nthreads)])
+                                              omp_nthreads=omp_nthreads, model=model,
+                                              device=device)])
     return wf
 
 

@@ -1,0 +1,206 @@
+"""Encode all runs of a participant with a foundation model and write its derivatives.
+
+Runs whose connectivity was written (status ``ok``) are read back from their FC TSVs (in the
+model's atlas), encoded in one batch (CPU or GPU), and for each run bidsfm writes:
+
+- ``*_desc-<MODEL>_embedding.tsv`` (+ .json): one row, the embedding (columns ``<ROI>_<k>``:
+  the BrainMass embedding is an 8-dimensional readout per ROI token);
+- ``*_desc-<MODEL>_predictions.tsv``: one row per head (probability or value);
+- ``*_desc-<MODEL>_attention.tsv``: one row per head, one column per ROI (integrated-gradients
+  attribution, see :mod:`bidsfm.models.attention`);
+- ``*_desc-<MODEL>_stat-attention_statmap.nii.gz`` (+ .json): the same scores painted on the
+  run's grid, one volume per head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .discovery import BoldRun
+from .pipeline import output_paths
+from .utils import atomic_path, write_json_atomic
+
+LOGGER = logging.getLogger("bidsfm.encode")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; validates the choice."""
+    import torch
+
+    from .errors import ConfigError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA device is visible",
+                          remedy="Use --device cpu, or run with --gpus / --nv")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}", remedy="Use auto, cpu or cuda")
+    return device
+
+
+def model_paths(run: BoldRun, model_name: str, atlas: str, output_dir: str | Path
+                ) -> dict[str, Path]:
+    """Paths of a run's model derivatives."""
+    from .derivatives import derivative_name, run_dir
+
+    folder = run_dir(output_dir, run.entities)
+
+    def p(suffix: str, ext: str = ".tsv", **k: Any) -> Path:
+        return folder / derivative_name(run.prefix, space=run.space, seg=atlas, desc=model_name,
+                                        suffix=suffix, extension=ext, **k)
+
+    return {"embedding": p("embedding"), "embedding_json": p("embedding", ".json"),
+            "predictions": p("predictions"), "attention": p("attention"),
+            "statmap": p("statmap", ".nii.gz", stat="attention"),
+            "statmap_json": p("statmap", ".json", stat="attention")}
+
+
+def _read_fc(path: Path, roi_names: list[str]) -> np.ndarray:
+    import pandas as pd
+
+    frame = pd.read_csv(path, sep="\t", index_col=0, na_values="n/a")
+    if list(frame.columns) != roi_names:
+        from .errors import InputDataError
+
+        raise InputDataError("FC columns do not match the model's ROI order", path=path)
+    return frame.to_numpy(dtype=np.float32)
+
+
+def _input_hash(model_sha: str, fc_path: Path) -> str:
+    st = os.stat(fc_path)
+    return hashlib.sha256(f"{model_sha}|{fc_path.name}|{st.st_size}|{st.st_mtime_ns}".encode()
+                          ).hexdigest()[:16]
+
+
+def _complete(paths: dict[str, Path], phash: str) -> bool:
+    try:
+        meta = json.loads(paths["embedding_json"].read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("ParametersHash") == phash and all(p.is_file() for p in paths.values())
+
+
+def encode_participant(runs: list[BoldRun], model, output_dir: str | Path,
+                       attention_steps: int = 32) -> list[dict[str, Any]]:
+    """Encode every processed run of one participant in one batch and write the outputs.
+
+    Parameters
+    ----------
+    runs : list of BoldRun
+        The participant's runs (their FC outputs must exist).
+    model : FoundationModel
+        Loaded model (:func:`bidsfm.models.registry.load_model`).
+    output_dir : str or Path
+        bidsfm derivatives root.
+    attention_steps : int
+        Integrated-gradients steps.
+
+    Returns
+    -------
+    list of dict
+        One per run: ``run``, ``status`` (``ok``, ``reused``, ``skipped``), ``reason``.
+    """
+    import pandas as pd
+
+    atlas, names = model.atlas, model.roi_names
+    results: list[dict[str, Any]] = []
+    todo: list[tuple[BoldRun, dict[str, Path], Path, str]] = []
+    for run in runs:
+        paths = output_paths(run, atlas, output_dir)
+        try:
+            qc = json.loads(paths["qc_json"].read_text())
+        except (OSError, ValueError):
+            qc = {}
+        if qc.get("Status") != "ok":
+            results.append({"run": run.prefix, "status": "skipped",
+                            "reason": "no connectivity for this run (see its QC table)"})
+            continue
+        n_ret = len(json.loads(paths["timeseries_json"].read_text()).get("RetainedVolumes", []))
+        if n_ret < model.min_volumes:
+            reason = (f"{n_ret} retained volumes, below the model's minimum of "
+                      f"{model.min_volumes}; no embedding written")
+            LOGGER.warning("%s: %s", run.prefix, reason)
+            results.append({"run": run.prefix, "status": "skipped", "reason": reason})
+            continue
+        mpaths = model_paths(run, model.name, atlas, output_dir)
+        phash = _input_hash(model.card.get("sha256", ""), paths["fc"])
+        if _complete(mpaths, phash):
+            results.append({"run": run.prefix, "status": "reused", "reason": ""})
+            continue
+        todo.append((run, mpaths, paths["fc"], phash))
+    if not todo:
+        return results
+
+    fcs = np.stack([_read_fc(fc_path, names) for _, _, fc_path, _ in todo])
+    emb = model.encode(fcs)
+    preds = model.predict(emb)
+    heads = list(model.heads)
+    attr = {h: model.attribution(fcs, h, steps=attention_steps) for h in heads}
+    emb_cols = [f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
+    from .derivatives import write_tsv_atomic
+
+    for i, (run, mpaths, fc_path, phash) in enumerate(todo):
+        write_tsv_atomic(mpaths["embedding"], emb[i][None, :], emb_cols)
+        rows = []
+        for h in heads:
+            head = model.heads[h]
+            value = float(preds[h][i])
+            if head.kind == "binary":
+                rows.append({"head": h, "output": f"P({head.labels[1]})", "value": value,
+                             "predicted": head.labels[int(value >= 0.5)]})
+            else:
+                rows.append({"head": h, "output": head.info.get("unit", "value"),
+                             "value": value, "predicted": f"{value:.2f}"})
+        with atomic_path(mpaths["predictions"]) as tmp:
+            pd.DataFrame(rows, columns=["head", "output", "value", "predicted"]).to_csv(
+                tmp, sep="\t", index=False, float_format="%.6g")
+        att = np.stack([attr[h][i] for h in heads]) if heads else np.zeros((0, len(names)))
+        write_tsv_atomic(mpaths["attention"], att, names, index=heads, index_name="head")
+        _write_statmap(run, model, att, heads, mpaths)
+        rel = os.path.relpath(fc_path, output_dir)
+        write_json_atomic(mpaths["embedding_json"], {
+            "Model": {k: model.card.get(k) for k in ("name", "version", "family", "sha256")},
+            "Atlas": atlas, "EmbeddingSize": int(emb.shape[1]),
+            "Sources": [f"bids::{rel}"], "ParametersHash": phash,
+            "Heads": {h: model.heads[h].meta() for h in heads},
+            "Attribution": "integrated gradients from the all-zero FC baseline, "
+                           f"{attention_steps} steps; per-ROI sum over the ROI's FC row",
+        })
+        results.append({"run": run.prefix, "status": "ok", "reason": ""})
+    return results
+
+
+def _write_statmap(run: BoldRun, model, att: np.ndarray, heads: list[str],
+                   mpaths: dict[str, Path]) -> None:
+    """Paint per-ROI scores on the run's grid (one volume per head)."""
+    import nibabel as nib
+
+    from .atlases import resample_labels, resolve_atlas
+
+    img = nib.load(run.bold)
+    atlas = resolve_atlas(model.atlas, space=run.space)
+    labels, _ = resample_labels(atlas, img.affine, tuple(img.shape[:3]), target_space=run.space)
+    index = atlas.labels["index"].to_numpy()
+    lookup = np.zeros(int(max(index.max(), labels.max())) + 1, dtype=np.int64)
+    lookup[index] = np.arange(1, index.size + 1)
+    pos = lookup[np.clip(labels, 0, None)]
+    vols = np.zeros(labels.shape + (max(len(heads), 1),), dtype=np.float32)
+    for k in range(len(heads)):
+        table = np.concatenate([[0.0], np.nan_to_num(att[k], nan=0.0)]).astype(np.float32)
+        vols[..., k] = table[pos]
+    out = nib.Nifti1Image(vols, img.affine)
+    out.header.set_xyzt_units("mm")
+    with atomic_path(mpaths["statmap"]) as tmp:
+        nib.save(out, str(tmp))
+    write_json_atomic(mpaths["statmap_json"], {
+        "Heads": heads, "Description": "integrated-gradients attribution per ROI, one volume "
+        "per head (in the order of Heads), painted on the BOLD grid; 0 outside ROIs and for n/a "
+        "ROIs", "Model": model.name})

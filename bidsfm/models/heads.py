@@ -1,0 +1,281 @@
+"""Prediction heads on frozen embeddings: linear models stored as plain tensors.
+
+A head is a standardisation (mean, scale) followed by a linear map: a logistic model for binary
+targets (probability of the positive label) or a ridge model for continuous targets. Heads are
+fitted with scikit-learn and then reduced to arrays, so they are saved with safetensors (no
+pickled scikit-learn objects) and can be differentiated through with torch for attribution.
+
+Evaluation is leave-one-site-out: the head is refitted without each site and scored on it, so
+site effects cannot leak into the figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+BINARY, REGRESSION = "binary", "regression"
+_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_ALPHA_GRID = tuple(float(a) for a in np.logspace(0, 5, 11))
+
+
+@dataclass
+class LinearHead:
+    """A fitted linear head.
+
+    Attributes
+    ----------
+    name : str
+        Head name (e.g. ``"diagnosis"``).
+    kind : str
+        ``"binary"`` or ``"regression"``.
+    labels : list of str
+        For binary heads, ``[negative, positive]``; the score is P(positive).
+    mean, scale : np.ndarray
+        Standardisation of the embedding, shape (E,).
+    coef : np.ndarray
+        Weights on the standardised embedding, shape (E,).
+    intercept : float
+        Bias.
+    info : dict
+        Hyper-parameters and validation figures (for the model card).
+    """
+
+    name: str
+    kind: str
+    labels: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def decision(self, emb: np.ndarray) -> np.ndarray:
+        """Linear score: logit for binary heads, the predicted value for regression heads."""
+        z = (np.asarray(emb, dtype=np.float64) - self.mean) / self.scale
+        return z @ self.coef + self.intercept
+
+    def predict(self, emb: np.ndarray) -> np.ndarray:
+        """Probability of ``labels[1]`` (binary) or the predicted value (regression)."""
+        d = self.decision(emb)
+        if self.kind == BINARY:
+            return 1.0 / (1.0 + np.exp(-d))
+        return d
+
+    def decision_torch(self, emb):
+        """Torch version of :meth:`decision` (differentiable, for attribution)."""
+        import torch
+
+        mean = torch.as_tensor(self.mean, dtype=emb.dtype, device=emb.device)
+        scale = torch.as_tensor(self.scale, dtype=emb.dtype, device=emb.device)
+        coef = torch.as_tensor(self.coef, dtype=emb.dtype, device=emb.device)
+        return ((emb - mean) / scale) @ coef + float(self.intercept)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        """Arrays to store with safetensors under ``heads.<name>.*``."""
+        p = f"heads.{self.name}."
+        return {p + "mean": self.mean.astype(np.float32),
+                p + "scale": self.scale.astype(np.float32),
+                p + "coef": self.coef.astype(np.float32),
+                p + "intercept": np.asarray([self.intercept], dtype=np.float32)}
+
+    def meta(self) -> dict[str, Any]:
+        """JSON description for the model card."""
+        return {"kind": self.kind, "labels": list(self.labels), **self.info}
+
+    @classmethod
+    def from_tensors(cls, name: str, tensors: dict[str, np.ndarray], meta: dict[str, Any]
+                     ) -> LinearHead:
+        """Rebuild a head from stored arrays and its card entry."""
+        p = f"heads.{name}."
+        info = {k: v for k, v in meta.items() if k not in ("kind", "labels")}
+        return cls(name=name, kind=meta["kind"], labels=list(meta.get("labels", [])),
+                   mean=np.asarray(tensors[p + "mean"], dtype=np.float64),
+                   scale=np.asarray(tensors[p + "scale"], dtype=np.float64),
+                   coef=np.asarray(tensors[p + "coef"], dtype=np.float64),
+                   intercept=float(np.asarray(tensors[p + "intercept"]).ravel()[0]), info=info)
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    return mean, scale
+
+
+def _row_space(z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Project onto the span of the samples when features outnumber samples.
+
+    An L2-penalised linear model's weights lie in the span of its training samples, so fitting
+    on n-dimensional coordinates of the samples in an orthonormal basis of that span and
+    mapping the weights back gives exactly the same model, much faster when p >> n. The basis
+    comes from the eigendecomposition of the n x n Gram matrix (cheaper than an SVD of z).
+
+    Returns
+    -------
+    coords : np.ndarray
+        (n, k) coordinates (``z`` itself when p <= n).
+    basis : np.ndarray or None
+        (k, p) orthonormal rows spanning the samples; weights map back as ``basis.T @ w``.
+    """
+    if z.shape[1] <= z.shape[0]:
+        return z, None
+    gram = z @ z.T
+    evals, evecs = np.linalg.eigh(gram)
+    keep = evals > evals.max() * 1e-10
+    s = np.sqrt(evals[keep])
+    coords = evecs[:, keep] * s
+    basis = (z.T @ (evecs[:, keep] / s)).T
+    return coords, basis
+
+
+def _inner_cv(groups: np.ndarray | None, n: int, y: np.ndarray | None = None):
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+    if groups is not None and len(np.unique(groups)) >= 3:
+        return list(GroupKFold(n_splits=min(3, len(np.unique(groups)))).split(
+            np.zeros(n), groups=groups))
+    if y is not None:
+        return list(StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(
+            np.zeros(n), y))
+    from sklearn.model_selection import KFold
+
+    return list(KFold(n_splits=3, shuffle=True, random_state=0).split(np.zeros(n)))
+
+
+def fit_binary_head(name: str, emb: np.ndarray, y: np.ndarray, labels: list[str],
+                    groups: np.ndarray | None = None) -> LinearHead:
+    """Fit an L2 logistic head; C chosen by inner cross-validated log-loss (grouped by site).
+
+    Log-loss (not AUC) selects C so that the probabilities are calibrated, not only ranked.
+
+    Parameters
+    ----------
+    name : str
+        Head name.
+    emb : np.ndarray
+        (N, E) embeddings.
+    y : np.ndarray
+        (N,) 0/1 targets (1 = ``labels[1]``).
+    labels : list of str
+        ``[negative, positive]`` label names.
+    groups : np.ndarray, optional
+        Site of each sample; the inner CV then never splits a site.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    emb = np.asarray(emb, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    mean, scale = _standardise(emb)
+    z, basis = _row_space((emb - mean) / scale)
+    best_c, best = _C_GRID[0], -np.inf
+    folds = _inner_cv(groups, len(y), y)
+    for c in _C_GRID:
+        scores = []
+        for tr, te in folds:
+            if len(np.unique(y[tr])) < 2 or len(np.unique(y[te])) < 2:
+                continue
+            clf = LogisticRegression(C=c, max_iter=2000).fit(z[tr], y[tr])
+            scores.append(-log_loss(y[te], clf.predict_proba(z[te])[:, 1], labels=[0, 1]))
+        score = float(np.mean(scores)) if scores else -np.inf
+        if score > best:
+            best_c, best = c, score
+    clf = LogisticRegression(C=best_c, max_iter=5000).fit(z, y)
+    coef = clf.coef_.ravel() if basis is None else basis.T @ clf.coef_.ravel()
+    return LinearHead(name, BINARY, list(labels), mean, scale, coef.copy(),
+                      float(clf.intercept_[0]), {"C": best_c, "n_train": int(len(y))})
+
+
+def fit_regression_head(name: str, emb: np.ndarray, y: np.ndarray,
+                        groups: np.ndarray | None = None) -> LinearHead:
+    """Fit a ridge head; alpha chosen by inner cross-validation (grouped by site if given)."""
+    from sklearn.linear_model import Ridge
+
+    emb = np.asarray(emb, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    mean, scale = _standardise(emb)
+    z, basis = _row_space((emb - mean) / scale)
+    folds = _inner_cv(groups, len(y))
+    best_a, best = _ALPHA_GRID[0], np.inf
+    for a in _ALPHA_GRID:
+        err = []
+        for tr, te in folds:
+            model = Ridge(alpha=a).fit(z[tr], y[tr])
+            err.append(np.mean(np.abs(model.predict(z[te]) - y[te])))
+        if np.mean(err) < best:
+            best_a, best = a, float(np.mean(err))
+    model = Ridge(alpha=best_a).fit(z, y)
+    coef = model.coef_.ravel() if basis is None else basis.T @ model.coef_.ravel()
+    return LinearHead(name, REGRESSION, [], mean, scale, coef.copy(),
+                      float(model.intercept_), {"alpha": best_a, "n_train": int(len(y))})
+
+
+def bootstrap_ci(metric, y: np.ndarray, s: np.ndarray, n_boot: int = 1000, seed: int = 0
+                 ) -> tuple[float, float]:
+    """Percentile 95% bootstrap interval of ``metric(y, s)`` over participants."""
+    rng = np.random.default_rng(seed)
+    vals = []
+    n = len(y)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        try:
+            vals.append(metric(y[idx], s[idx]))
+        except ValueError:  # a resample with one class
+            continue
+    if not vals:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def leave_site_out(emb: np.ndarray, y: np.ndarray, sites: np.ndarray, kind: str, *,
+                   labels: list[str] | None = None) -> dict[str, Any]:
+    """Leave-one-site-out evaluation of a head type on embeddings.
+
+    For every site, a head is fitted on the other sites (with its own inner, site-grouped
+    hyper-parameter search) and scores that site's participants. Returns pooled out-of-fold
+    metrics with 95% bootstrap intervals, the mean over sites, and the out-of-fold predictions.
+    """
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    emb = np.asarray(emb, dtype=np.float64)
+    sites = np.asarray(sites)
+    oof = np.full(len(y), np.nan)
+    per_site: dict[str, float] = {}
+    for site in np.unique(sites):
+        te = sites == site
+        tr = ~te
+        if kind == BINARY:
+            head = fit_binary_head("cv", emb[tr], y[tr], labels or ["0", "1"], sites[tr])
+            oof[te] = head.predict(emb[te])
+            if len(np.unique(y[te])) == 2:
+                per_site[str(site)] = float(roc_auc_score(y[te], oof[te]))
+        else:
+            head = fit_regression_head("cv", emb[tr], y[tr], sites[tr])
+            oof[te] = head.predict(emb[te])
+            per_site[str(site)] = float(np.mean(np.abs(oof[te] - y[te])))
+    out: dict[str, Any] = {"n": int(len(y)), "n_sites": int(len(np.unique(sites))),
+                           "scheme": "leave-one-site-out", "oof": oof}
+    if kind == BINARY:
+        y = np.asarray(y).astype(int)
+        auc = float(roc_auc_score(y, oof))
+        out.update(auc=auc, auc_ci95=bootstrap_ci(roc_auc_score, y, oof),
+                   balanced_accuracy=float(balanced_accuracy_score(y, oof >= 0.5)),
+                   auc_mean_over_sites=float(np.mean(list(per_site.values()))),
+                   auc_per_site=per_site)
+    else:
+        y = np.asarray(y, dtype=np.float64)
+
+        def mae(a, b):
+            return float(np.mean(np.abs(a - b)))
+
+        def corr(a, b):
+            return float(np.corrcoef(a, b)[0, 1])
+
+        out.update(mae=mae(y, oof), mae_ci95=bootstrap_ci(mae, y, oof), r=corr(y, oof),
+                   r_ci95=bootstrap_ci(corr, y, oof), mae_per_site=per_site,
+                   mae_predict_mean=float(np.mean(np.abs(y - y.mean()))))
+    return out
