@@ -35,11 +35,12 @@ def derivative_name(prefix: str, *, space: str | None = None, seg: str | None = 
     """Build an output file name with entities in BIDS order.
 
     ``prefix`` holds the run entities (``sub-01_ses-1_task-rest_run-1``); the derivative
-    entities follow as ``space``, ``seg``, ``stat``, ``meas``, ``desc`` (the XCP-D/BEP017 order).
+    entities follow as ``space``, ``seg``, ``desc``, ``stat``, ``meas`` (the order of the
+    design's examples, e.g. ``_seg-CC200_desc-MODEL_stat-attention_statmap.nii.gz``).
     """
     parts = [prefix]
-    for key, value in (("space", space), ("seg", seg), ("stat", stat), ("meas", meas),
-                       ("desc", desc)):
+    for key, value in (("space", space), ("seg", seg), ("desc", desc), ("stat", stat),
+                       ("meas", meas)):
         if value:
             parts.append(f"{key}-{value}")
     return "_".join(parts) + f"_{suffix}{extension}"

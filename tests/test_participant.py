@@ -13,7 +13,7 @@ from conftest import clone_dataset, run_cli
 SUFFIXES = ("_stat-mean_timeseries.tsv", "_stat-mean_timeseries.json",
             "_stat-coverage_bold.tsv", "_meas-PearsonCorrelation_relmat.tsv",
             "_meas-PearsonCorrelation_relmat.json",
-            "_meas-PearsonCorrelation_desc-fisherz_relmat.tsv", "_qc.tsv", "_qc.json")
+            "_desc-fisherz_meas-PearsonCorrelation_relmat.tsv", "_qc.tsv", "_qc.json")
 
 
 def _expected(run: dict, out: Path, atlas: str = "CC200") -> list[Path]:

@@ -5,9 +5,14 @@ raw attention weights and attention rollout (Abnar & Zuidema 2020) describe wher
 not what drives a particular head's output, and are the same for every head; gradient x input
 is head-specific but not faithful for non-linear models (it violates completeness). Integrated
 gradients is head-specific and complete: the attributions of all FC entries sum to
-``head(x) - head(baseline)``. The baseline is the all-zero FC matrix (no connectivity), so an
-ROI's score is how much its connectivity profile (its FC row, the token the encoder sees) moves
-the head's logit (binary heads) or value (regression heads) away from "no connectivity".
+``head(x) - head(baseline)``.
+
+The baseline is the model's reference FC (the mean FC of its training participants, stored
+with the weights), so an ROI's score says how much the way its connectivity profile (its FC
+row, the token the encoder sees) differs from the reference moves the head's logit (binary
+heads) or value (regression heads). An all-zero baseline ("no connectivity") would instead
+credit ROIs for merely having typical connectivity. Models without a stored reference fall back
+to the zero baseline.
 
 Per-ROI score = sum of the attributions of the ROI's row. Positive scores push towards the
 positive label (or a larger value). Missing (n/a) ROIs get NaN.
@@ -18,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32) -> np.ndarray:
+def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32,
+                         baseline: np.ndarray | None = None) -> np.ndarray:
     """Per-ROI integrated-gradients attribution of ``head`` for a batch of FC matrices.
 
     Parameters
@@ -30,30 +36,40 @@ def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32) -> n
     head : str
         Head name.
     steps : int
-        Riemann steps along the straight path from the zero baseline (midpoint rule).
+        Riemann steps along the straight path from the baseline (midpoint rule).
+    baseline : np.ndarray, optional
+        (R, R) baseline FC; default the model's reference FC (zeros if it has none).
 
     Returns
     -------
     np.ndarray
-        (B, R) attributions; rows sum (over valid ROIs) to ``head(fc) - head(0)`` up to the
-        integration error.
+        (B, R) attributions; rows sum (over valid ROIs) to ``head(fc) - head(baseline)`` up to
+        the integration error.
     """
     import torch
 
     lin = model.heads[head]
     x = model._fc_tensor(fc).float()
-    valid = ~torch.isnan(x).all(dim=2)
+    from bidsfm.models.brainmass import infer_valid_rois
+
+    valid = infer_valid_rois(x)
     x0 = torch.nan_to_num(x, nan=0.0)
+    if baseline is None:
+        baseline = getattr(model, "reference_fc", None)
+    base = (torch.zeros_like(x0[0]) if baseline is None
+            else torch.nan_to_num(torch.as_tensor(np.asarray(baseline), dtype=x0.dtype,
+                                                  device=x0.device), nan=0.0))
     alphas = (torch.arange(steps, dtype=torch.float32, device=x.device) + 0.5) / steps
     total = torch.zeros_like(x0)
     encoder = model.encoder
     for b in range(x0.shape[0]):
-        path = (alphas[:, None, None] * x0[b][None]).requires_grad_(True)
+        delta = x0[b] - base
+        path = (base[None] + alphas[:, None, None] * delta[None]).requires_grad_(True)
         vmask = valid[b][None].expand(steps, -1)
         emb = encoder.embed(path, valid=vmask)
         out = lin.decision_torch(emb.double()).sum()
         (grad,) = torch.autograd.grad(out, path)
-        total[b] = grad.mean(dim=0) * x0[b]
+        total[b] = grad.mean(dim=0) * delta
     scores = total.sum(dim=2).detach().cpu().numpy().astype(np.float64)
     scores[~valid.cpu().numpy()] = np.nan
     return scores

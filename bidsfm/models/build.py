@@ -107,6 +107,31 @@ def fc_baseline(fc: np.ndarray, pheno: pd.DataFrame, heads: list[str] | None = N
     return evaluate(feats, pheno, heads)
 
 
+def reference_fc(fc: np.ndarray) -> np.ndarray:
+    """Mean FC over participants, ignoring missing ROIs (the attribution baseline)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanmean(fc, axis=0)
+    return np.nan_to_num(ref, nan=0.0).astype(np.float32)
+
+
+def attach_reference(folder: str | Path, shared_data: str | Path | None = None) -> None:
+    """Add the reference FC to an existing model folder (re-saving weights and card)."""
+    import json
+
+    from .registry import load_model, save_model
+
+    model = load_model(folder)
+    _pheno, series = load_abide(shared_data)
+    card = json.loads((Path(folder) / "card.json").read_text())
+    card["attribution"] = {"method": "integrated gradients", "baseline": "reference FC: mean "
+                           "FC of the training participants (stored as reference.fc)"}
+    save_model(folder, card, model.encoder, list(model.heads.values()),
+               reference_fc=reference_fc(full_fc(series)))
+
+
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown table of evaluation results: rows = (features, head)."""
     lines = ["| features | head | metric | leave-one-site-out (95% CI) | mean over sites |",
@@ -215,7 +240,9 @@ def build_fc_model(out_dir: str | Path, *, shared_data: str | Path | None = None
                    "agreement); code: Apache-2.0.",
         "citation": [BRAINMASS_CITATION] + ABIDE_CITATION,
     }
-    save_model(out_dir, card, encoder, heads)
+    card["attribution"] = {"method": "integrated gradients", "baseline": "reference FC: mean "
+                           "FC of the training participants (stored as reference.fc)"}
+    save_model(out_dir, card, encoder, heads, reference_fc=reference_fc(fc))
     import json
 
     return json.loads((Path(out_dir) / "card.json").read_text())

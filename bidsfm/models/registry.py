@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .heads import BINARY, LinearHead
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-DEFAULT_MODEL = "bidsfm-fc"
+DEFAULT_MODEL = "bidsfmfc"
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
 
@@ -68,6 +68,7 @@ class FoundationModel:
     encoder: Any
     heads: dict[str, LinearHead] = field(default_factory=dict)
     device: str = "cpu"
+    reference_fc: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -137,11 +138,12 @@ class FoundationModel:
         """Head outputs: probability of the positive label (binary) or value (regression)."""
         return {name: head.predict(emb) for name, head in self.heads.items()}
 
-    def attribution(self, fc: np.ndarray, head: str, steps: int = 32) -> np.ndarray:
+    def attribution(self, fc: np.ndarray, head: str, steps: int = 32,
+                    baseline: np.ndarray | None = None) -> np.ndarray:
         """Per-ROI integrated-gradients attribution of one head (see :mod:`.attention`)."""
         from .attention import integrated_gradients
 
-        return integrated_gradients(self, fc, head, steps=steps)
+        return integrated_gradients(self, fc, head, steps=steps, baseline=baseline)
 
 
 class _nullcontext:
@@ -199,13 +201,20 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Foundat
     encoder.eval()
     heads = {name: LinearHead.from_tensors(name, tensors, meta)
              for name, meta in card.get("heads", {}).items()}
-    model = FoundationModel(card=card, encoder=encoder, heads=heads)
+    reference = tensors.get("reference.fc")
+    model = FoundationModel(card=card, encoder=encoder, heads=heads,
+                            reference_fc=None if reference is None
+                            else reference.astype(np.float32))
     return model.to(device)
 
 
-def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[LinearHead]
-               ) -> Path:
-    """Write ``weights.safetensors`` and ``card.json`` (sha256 filled in) atomically."""
+def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[LinearHead],
+               reference_fc: np.ndarray | None = None) -> Path:
+    """Write ``weights.safetensors`` and ``card.json`` (sha256 filled in) atomically.
+
+    ``reference_fc`` (R, R), the mean FC of the training data, is stored as ``reference.fc`` and
+    used as the attribution baseline.
+    """
     from safetensors.numpy import save_file
 
     from ..utils import atomic_path, sha256_file, write_json_atomic
@@ -216,6 +225,8 @@ def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[Li
                for k, v in encoder.state_dict().items()}
     for head in heads:
         tensors.update(head.to_tensors())
+    if reference_fc is not None:
+        tensors["reference.fc"] = np.ascontiguousarray(reference_fc, dtype=np.float32)
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
     card = dict(card)
