@@ -24,5 +24,9 @@ echo "== bidsfm exited with code $code"
 echo "Outputs (BIDS derivatives): $DEMO/bidsfm"
 find "$DEMO/bidsfm" -name '*_timeseries.tsv' | sort | sed 's/^/  /' | head -20
 echo "Each run has: *_stat-mean_timeseries.tsv(.json), *_stat-coverage_bold.tsv,"
-echo "  *_meas-PearsonCorrelation_relmat.tsv (+ desc-fisherz), *_qc.tsv(.json). See docs/outputs.md."
+echo "  *_meas-PearsonCorrelation_relmat.tsv (+ desc-fisherz), *_qc.tsv(.json),"
+echo "  and from the bundled model: *_desc-bidsfmfc_{embedding,predictions,attention}.tsv,"
+echo "  *_desc-bidsfmfc_stat-attention_statmap.nii.gz. See docs/outputs.md and docs/models.md."
+pred=$(find "$DEMO/bidsfm" -name '*_predictions.tsv' | sort | head -1)
+if [ -n "$pred" ]; then echo "Example predictions ($(basename "$pred")):"; sed 's/^/  /' "$pred"; fi
 exit $code
