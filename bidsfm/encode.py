@@ -30,22 +30,6 @@ from .utils import atomic_path, write_json_atomic
 LOGGER = logging.getLogger("bidsfm.encode")
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; validates the choice."""
-    import torch
-
-    from .errors import ConfigError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA device is visible",
-                          remedy="Use --device cpu, or run with --gpus / --nv")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}", remedy="Use auto, cpu or cuda")
-    return device
-
-
 def model_paths(run: BoldRun, model_name: str, atlas: str, output_dir: str | Path
                 ) -> dict[str, Path]:
     """Paths of a run's model derivatives."""

@@ -88,14 +88,16 @@ class EncodeParticipant(SimpleInterface):
     def _run_interface(self, runtime):
         import torch
 
-        from .encode import encode_participant, resolve_device
+        from .encode import encode_participant
         from .errors import BidsfmError
+        from .models.pretrain import resolve_device
         from .models.registry import load_model
 
         torch.set_num_threads(max(1, self.inputs.omp_nthreads))
         runs = [BoldRun.from_dict(r) for r in self.inputs.runs]
         try:
-            model = load_model(self.inputs.model, device=resolve_device(self.inputs.device))
+            device = str(resolve_device(self.inputs.device))
+            model = load_model(self.inputs.model, device=device)
             results = encode_participant(runs, model, self.inputs.output_dir)
         except BidsfmError as err:
             results = [{"run": r.prefix, "status": "error", "reason": err.one_line()}

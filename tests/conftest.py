@@ -57,6 +57,17 @@ def tiny_ds(tmp_path_factory, session_env, shared_data) -> dict:
     return make_fmriprep_dataset(root, size="tiny", seed=0, shared_data=shared_data)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (fast and deterministic on small models)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def clone_dataset(src: str | Path, dst: Path, subjects: list[str] | None = None) -> Path:
     """Copy a dataset cheaply: NIfTI files are symlinked, text files copied (safe to edit)."""
     src = Path(src)

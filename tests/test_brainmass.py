@@ -19,12 +19,7 @@ from bidsfm.models.brainmass import (  # noqa: E402
 R = 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**kw) -> BrainMassEncoder:

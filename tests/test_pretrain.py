@@ -41,12 +41,7 @@ def _shared_abide() -> Path | None:
 ABIDE = _shared_abide()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_series(n: int = 24, t: int = 100, seed: int = 0) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ sha256 of the weights). Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,14 +126,13 @@ class FoundationModel:
         """
         import torch
 
+        from .brainmass import embed_fc
+
         x = self._fc_tensor(fc)
-        out = []
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda")
-                    else _nullcontext())
-        with torch.no_grad(), autocast:
-            for i in range(0, x.shape[0], batch_size):
-                out.append(self.encoder.embed(x[i:i + batch_size]).float().cpu().numpy())
-        return np.concatenate(out, axis=0)
+                    else contextlib.nullcontext())
+        with autocast:
+            return np.atleast_2d(embed_fc(self.encoder, x, batch_size=batch_size))
 
     def predict(self, emb: np.ndarray) -> dict[str, np.ndarray]:
         """Head outputs: probability of the positive label (binary) or value (regression)."""
@@ -144,14 +144,6 @@ class FoundationModel:
         from .attention import integrated_gradients
 
         return integrated_gradients(self, fc, head, steps=steps, baseline=baseline)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu") -> FoundationModel:
