@@ -162,6 +162,8 @@ def _float_or_none(value: Any) -> float | None:
                    "folder, or 'none'. 'auto' = the bundled default model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Where the model runs (auto = GPU when visible).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="FC matrices per forward pass of the model.")
 @click.option("-w", "--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Nipype work directory (caching, crash files). Default: ./work.")
 @click.option("--nprocs", "--nthreads", "--n-cpus", "nprocs", type=int, default=1,
@@ -398,7 +400,8 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
     model = _resolve_model(opts["model"])
     wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
                         omp_nthreads=opts["omp_nthreads"],
-                        model=None if model is None else model["path"], device=opts["device"])
+                        model=None if model is None else model["path"], device=opts["device"],
+                        batch_size=opts["batch_size"])
     plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
     try:
         graph = wf.run(**plugin)

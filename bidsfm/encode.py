@@ -5,11 +5,15 @@ model's atlas), encoded in one batch (CPU or GPU), and for each run bidsfm write
 
 - ``*_desc-<MODEL>_embedding.tsv`` (+ .json): one row, the embedding (columns ``<ROI>_<k>``:
   the BrainMass embedding is an 8-dimensional readout per ROI token);
-- ``*_desc-<MODEL>_predictions.tsv``: one row per head (probability or value);
-- ``*_desc-<MODEL>_attention.tsv``: one row per head, one column per ROI (integrated-gradients
-  attribution, see :mod:`bidsfm.models.attention`);
+- ``*_desc-<MODEL>_predictions.tsv``: one row per head (``head``, ``value``, ``probability``);
+- ``*_desc-<MODEL>_attention.tsv``: one row per ROI (``name``), one column per head
+  (integrated-gradients attribution, see :mod:`bidsfm.models.attention`);
 - ``*_desc-<MODEL>_stat-attention_statmap.nii.gz`` (+ .json): the same scores painted on the
-  run's grid, one volume per head.
+  run's grid, one volume per head;
+- ``sub-X/figures/*_desc-<MODEL>_attention.png``: glass-brain views of the statmap.
+
+Runs that cannot be encoded (no connectivity, fewer volumes than the model's minimum) get the
+reason in the ``model_status``/``model_reason`` columns of their QC table.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def _complete(paths: dict[str, Path], phash: str) -> bool:
 
 
 def encode_participant(runs: list[BoldRun], model, output_dir: str | Path,
-                       attention_steps: int = 32) -> list[dict[str, Any]]:
+                       attention_steps: int = 32, batch_size: int = 64,
+                       figures: bool = True) -> list[dict[str, Any]]:
     """Encode every processed run of one participant in one batch and write the outputs.
 
     Parameters
@@ -86,17 +91,44 @@ def encode_participant(runs: list[BoldRun], model, output_dir: str | Path,
         bidsfm derivatives root.
     attention_steps : int
         Integrated-gradients steps.
+    batch_size : int
+        FC matrices per forward pass.
+    figures : bool
+        Write the glass-brain PNGs.
 
     Returns
     -------
     list of dict
         One per run: ``run``, ``status`` (``ok``, ``reused``, ``skipped``), ``reason``.
     """
+    results: list[dict[str, Any]] = []
+    try:
+        return _encode(runs, model, output_dir, attention_steps, batch_size, figures, results)
+    finally:
+        for res in results:
+            _record_in_qc(res, model.name)
+
+
+def _record_in_qc(res: dict[str, Any], model_name: str) -> None:
+    """Add the model's status and reason to the run's QC table (atomically)."""
+    import pandas as pd
+
+    qc = res.pop("_qc", None)
+    if qc is None or not Path(qc).is_file():
+        return
+    table = pd.read_csv(qc, sep="\t", keep_default_na=False)
+    table["model"] = model_name
+    table["model_status"] = res["status"]
+    table["model_reason"] = res.get("reason", "")
+    with atomic_path(qc) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+
+
+def _encode(runs, model, output_dir, attention_steps, batch_size, figures, results):
     import pandas as pd
 
     atlas, names = model.atlas, model.roi_names
-    results: list[dict[str, Any]] = []
-    todo: list[tuple[BoldRun, dict[str, Path], Path, str]] = []
+    todo: list[tuple[BoldRun, dict[str, Path], Path, str, Path]] = []
     for run in runs:
         paths = output_paths(run, atlas, output_dir)
         try:
@@ -105,50 +137,55 @@ def encode_participant(runs: list[BoldRun], model, output_dir: str | Path,
             qc = {}
         if qc.get("Status") != "ok":
             results.append({"run": run.prefix, "status": "skipped",
-                            "reason": "no connectivity for this run (see its QC table)"})
+                            "reason": "no connectivity for this run (see its QC table)",
+                            "_qc": paths["qc"]})
             continue
         n_ret = len(json.loads(paths["timeseries_json"].read_text()).get("RetainedVolumes", []))
         if n_ret < model.min_volumes:
             reason = (f"{n_ret} retained volumes, below the model's minimum of "
                       f"{model.min_volumes}; no embedding written")
             LOGGER.warning("%s: %s", run.prefix, reason)
-            results.append({"run": run.prefix, "status": "skipped", "reason": reason})
+            results.append({"run": run.prefix, "status": "skipped", "reason": reason,
+                            "_qc": paths["qc"]})
             continue
         mpaths = model_paths(run, model.name, atlas, output_dir)
         phash = _input_hash(model.card.get("sha256", ""), paths["fc"])
         if _complete(mpaths, phash):
-            results.append({"run": run.prefix, "status": "reused", "reason": ""})
+            results.append({"run": run.prefix, "status": "reused", "reason": "",
+                            "_qc": paths["qc"]})
             continue
-        todo.append((run, mpaths, paths["fc"], phash))
+        todo.append((run, mpaths, paths["fc"], phash, paths["qc"]))
     if not todo:
         return results
 
-    fcs = np.stack([_read_fc(fc_path, names) for _, _, fc_path, _ in todo])
-    emb = model.encode(fcs)
-    preds = model.predict(emb)
+    fcs = np.stack([_read_fc(item[2], names) for item in todo])
+    emb = model.encode(fcs, batch_size=batch_size)
+    preds = model.head_outputs(emb)
     heads = list(model.heads)
     attr = {h: model.attribution(fcs, h, steps=attention_steps) for h in heads}
     emb_cols = [f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
     from .derivatives import write_tsv_atomic
 
-    for i, (run, mpaths, fc_path, phash) in enumerate(todo):
+    for i, (run, mpaths, fc_path, phash, qc_path) in enumerate(todo):
         write_tsv_atomic(mpaths["embedding"], emb[i][None, :], emb_cols)
         rows = []
         for h in heads:
             head = model.heads[h]
             value = float(preds[h][i])
             if head.kind == "binary":
-                rows.append({"head": h, "output": f"P({head.labels[1]})", "value": value,
-                             "predicted": head.labels[int(value >= 0.5)]})
+                rows.append({"head": h, "value": head.labels[int(value >= 0.5)],
+                             "probability": value, "probability_of": head.labels[1]})
             else:
-                rows.append({"head": h, "output": head.info.get("unit", "value"),
-                             "value": value, "predicted": f"{value:.2f}"})
+                rows.append({"head": h, "value": value, "probability": np.nan,
+                             "probability_of": np.nan})
         with atomic_path(mpaths["predictions"]) as tmp:
-            pd.DataFrame(rows, columns=["head", "output", "value", "predicted"]).to_csv(
-                tmp, sep="\t", index=False, float_format="%.6g")
+            pd.DataFrame(rows, columns=["head", "value", "probability", "probability_of"]
+                         ).to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
         att = np.stack([attr[h][i] for h in heads]) if heads else np.zeros((0, len(names)))
-        write_tsv_atomic(mpaths["attention"], att, names, index=heads, index_name="head")
-        _write_statmap(run, model, att, heads, mpaths)
+        write_tsv_atomic(mpaths["attention"], att.T, heads, index=names, index_name="name")
+        statmap = _write_statmap(run, model, att, heads, mpaths)
+        if figures:
+            _write_figure(statmap, heads, run, model.name, model.atlas, output_dir)
         rel = os.path.relpath(fc_path, output_dir)
         write_json_atomic(mpaths["embedding_json"], {
             "Model": {k: model.card.get(k) for k in ("name", "version", "family", "sha256")},
@@ -158,12 +195,12 @@ def encode_participant(runs: list[BoldRun], model, output_dir: str | Path,
             "Attribution": "integrated gradients from the all-zero FC baseline, "
                            f"{attention_steps} steps; per-ROI sum over the ROI's FC row",
         })
-        results.append({"run": run.prefix, "status": "ok", "reason": ""})
+        results.append({"run": run.prefix, "status": "ok", "reason": "", "_qc": qc_path})
     return results
 
 
 def _write_statmap(run: BoldRun, model, att: np.ndarray, heads: list[str],
-                   mpaths: dict[str, Path]) -> None:
+                   mpaths: dict[str, Path]):
     """Paint per-ROI scores on the run's grid (one volume per head)."""
     import nibabel as nib
 
@@ -188,3 +225,31 @@ def _write_statmap(run: BoldRun, model, att: np.ndarray, heads: list[str],
         "Heads": heads, "Description": "integrated-gradients attribution per ROI, one volume "
         "per head (in the order of Heads), painted on the BOLD grid; 0 outside ROIs and for n/a "
         "ROIs", "Model": model.name})
+    return out
+
+
+def _write_figure(statmap, heads: list[str], run: BoldRun, model_name: str, atlas: str,
+                  output_dir: str | Path) -> Path:
+    """Glass-brain views of the attention statmap, one row per head, in sub-X/figures/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nilearn import image, plotting
+
+    from .derivatives import derivative_name
+
+    folder = Path(output_dir) / f"sub-{run.entities['subject']}" / "figures"
+    path = folder / derivative_name(run.prefix, space=run.space, seg=atlas,
+                                    desc=model_name, suffix="attention", extension=".png")
+    fig, axes = plt.subplots(len(heads), 1, figsize=(9, 2.6 * len(heads)), squeeze=False)
+    for k, head in enumerate(heads):
+        vol = image.index_img(statmap, k)
+        vmax = float(np.abs(vol.get_fdata()).max()) or 1.0
+        plotting.plot_glass_brain(vol, axes=axes[k, 0], plot_abs=False, colorbar=True,
+                                  cmap="RdBu_r", vmax=vmax, vmin=-vmax,
+                                  title=f"{head}: ROI attribution ({model_name})")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path

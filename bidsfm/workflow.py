@@ -73,6 +73,7 @@ class _EncodeInputSpec(BaseInterfaceInputSpec):
     device = traits.Str("cpu", usedefault=True, desc="cpu, cuda or auto")
     output_dir = traits.Str(mandatory=True, desc="bidsfm derivatives root")
     omp_nthreads = traits.Int(1, usedefault=True, desc="CPU threads for torch")
+    batch_size = traits.Int(64, usedefault=True, desc="FC matrices per forward pass")
 
 
 class _EncodeOutputSpec(TraitedSpec):
@@ -98,7 +99,8 @@ class EncodeParticipant(SimpleInterface):
         try:
             device = str(resolve_device(self.inputs.device))
             model = load_model(self.inputs.model, device=device)
-            results = encode_participant(runs, model, self.inputs.output_dir)
+            results = encode_participant(runs, model, self.inputs.output_dir,
+                                         batch_size=self.inputs.batch_size)
         except BidsfmError as err:
             results = [{"run": r.prefix, "status": "error", "reason": err.one_line()}
                        for r in runs]
@@ -138,7 +140,8 @@ def _node_name(run: BoldRun, index: int) -> str:
 def init_participant_wf(participant: str, runs: list[BoldRun], options: ProcessingOptions,
                         output_dir: str | Path, *, dataset_name: str = "preprocessed",
                         omp_nthreads: int = 1, name: str | None = None,
-                        model: str | None = None, device: str = "cpu") -> pe.Workflow:
+                        model: str | None = None, device: str = "cpu",
+                        batch_size: int = 64) -> pe.Workflow:
     """Build the workflow of one participant: one :class:`ProcessRun` node per BOLD run.
 
     Parameters
@@ -161,6 +164,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         Foundation model to run on every processed run (one batch per participant).
     device : str
         ``cpu``, ``cuda`` or ``auto`` for the model.
+    batch_size : int
+        FC matrices per forward pass of the model.
     """
     from nipype.interfaces import utility as niu
 
@@ -181,7 +186,7 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
             wf.connect(node, "results", merge, f"in{i}")
         encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
                                            device=device, output_dir=str(output_dir),
-                                           omp_nthreads=omp_nthreads),
+                                           omp_nthreads=omp_nthreads, batch_size=batch_size),
                          name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
         wf.connect(merge, "out", encode, "run_results")
     return wf
@@ -190,7 +195,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
 def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: ProcessingOptions,
                    output_dir: str | Path, work_dir: str | Path, *,
                    dataset_name: str = "preprocessed", omp_nthreads: int = 1,
-                   model: str | None = None, device: str = "cpu") -> pe.Workflow:
+                   model: str | None = None, device: str = "cpu", batch_size: int = 64
+                   ) -> pe.Workflow:
     """Top-level workflow: one sub-workflow per participant, base dir under the work dir."""
     wf = pe.Workflow(name="bidsfm_wf", base_dir=str(work_dir))
     crash_dir = Path(work_dir) / "crash"
@@ -207,7 +213,7 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
             wf.add_nodes([init_participant_wf(participant, runs, options, output_dir,
                                               dataset_name=dataset_name,
                                               omp_nthreads=omp_nthreads, model=model,
-                                              device=device)])
+                                              device=device, batch_size=batch_size)])
     return wf
 
 

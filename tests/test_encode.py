@@ -42,11 +42,14 @@ def test_model_outputs_for_every_run(encoded, tiny_ds):
 
 def test_prediction_and_embedding_contents(encoded):
     out = encoded["out"]
-    pred = pd.read_csv(_files(out, "*_predictions.tsv")[0], sep="\t")
-    assert list(pred["head"]) == ["diagnosis", "sex", "age"]
-    probs = pred.set_index("head")["value"]
-    assert 0 < probs["diagnosis"] < 1 and 0 < probs["sex"] < 1
-    assert 0 < probs["age"] < 100
+    pred = pd.read_csv(_files(out, "*_predictions.tsv")[0], sep="\t", na_values="n/a")
+    assert list(pred.columns) == ["head", "value", "probability", "probability_of"]
+    pred = pred.set_index("head")
+    assert list(pred.index) == ["diagnosis", "sex", "age"]
+    assert 0 < pred.loc["diagnosis", "probability"] < 1 and 0 < pred.loc["sex", "probability"] < 1
+    assert pred.loc["diagnosis", "value"] in ("ASD", "TC")
+    assert pred.loc["diagnosis", "probability_of"] == "ASD"
+    assert 0 < float(pred.loc["age", "value"]) < 100 and np.isnan(pred.loc["age", "probability"])
     emb = pd.read_csv(_files(out, "*_embedding.tsv")[0], sep="\t")
     assert emb.shape == (1, 1600) and emb.columns[0] == "CC200_001_0"
     meta = json.loads(_files(out, "*_embedding.json")[0].read_text())
@@ -56,7 +59,8 @@ def test_prediction_and_embedding_contents(encoded):
 def test_low_coverage_rois_have_no_attention(encoded):
     out = encoded["out"]
     run = next(p for p in _files(out, "sub-02_*_attention.tsv"))
-    att = pd.read_csv(run, sep="\t", index_col=0, na_values="n/a")
+    att = pd.read_csv(run, sep="\t", index_col=0, na_values="n/a").T  # rows: ROIs -> heads
+    assert list(att.index) == ["diagnosis", "sex", "age"]
     cov = pd.read_csv(str(run).replace("_desc-bidsfmfc_attention.tsv", "_stat-coverage_bold.tsv"),
                       sep="\t").iloc[0]
     low = cov.index[cov < 0.5]
@@ -65,6 +69,59 @@ def test_low_coverage_rois_have_no_attention(encoded):
     assert att.drop(columns=low).notna().all().all()
     stat = nib.load(str(run).replace("_attention.tsv", "_stat-attention_statmap.nii.gz"))
     assert stat.shape[3] == 3 and np.isfinite(stat.get_fdata()).all()
+
+
+def test_qc_and_figures(encoded):
+    out = encoded["out"]
+    qc = pd.read_csv(_files(out, "sub-01_*_qc.tsv")[0], sep="\t", keep_default_na=False)
+    assert qc.loc[0, "model"] == DEFAULT_MODEL and qc.loc[0, "model_status"] == "ok"
+    figs = _files(out / "sub-01" / "figures", "*_desc-bidsfmfc_attention.png")
+    assert len(figs) == 3 and figs[0].stat().st_size > 10_000
+
+
+def test_inference_is_deterministic(encoded, tiny_ds, tmp_path, capsys):
+    """A second, independent run on CPU gives the same embeddings, predictions and maps."""
+    out2 = tmp_path / "out2"
+    code, _ = run_cli([tiny_ds["root"], out2, "participant", "--participant-label", "01",
+                       "-w", tmp_path / "w", "--min-time", "0", "--batch-size", "1"], capsys)
+    assert code == 0
+    for suffix in ("_embedding.tsv", "_predictions.tsv", "_attention.tsv"):
+        for a in _files(encoded["out"] / "sub-01", f"*{suffix}"):
+            b = out2 / a.relative_to(encoded["out"])
+            assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_short_run_skipped_with_reason_in_qc(tmp_path, tiny_ds, capsys):
+    """A run below the model's minimum gets its time series but no embedding, and says why."""
+    out = tmp_path / "out"
+    code, _ = run_cli([tiny_ds["root"], out, "participant", "--participant-label", "03",
+                       "--denoise-strategy", "none", "--dummy-scans", "60",
+                       "-w", tmp_path / "w", "--min-time", "0"], capsys)
+    assert code == 0
+    qcs = [pd.read_csv(p, sep="\t", keep_default_na=False) for p in _files(out, "*_qc.tsv")]
+    short = [q for q in qcs if q.loc[0, "n_retained"] < 50]
+    assert short, "expected a short run"
+    for q in short:
+        assert q.loc[0, "model_status"] == "skipped"
+        assert "below the model's minimum" in q.loc[0, "model_reason"]
+
+
+def test_python_api(tiny_ds, encoded):
+    import bidsfm.models
+
+    assert DEFAULT_MODEL in bidsfm.models.available()
+    model = bidsfm.models.load(DEFAULT_MODEL, device="cpu")
+    ts_path = _files(encoded["out"] / "sub-01", "*_stat-mean_timeseries.tsv")[0]
+    ts = pd.read_csv(ts_path, sep="\t", na_values="n/a").to_numpy()
+    emb = model.embed([ts, ts], [2.0, 2.0])
+    assert emb.shape == (2, 1600) and np.allclose(emb[0], emb[1])
+    saved = pd.read_csv(str(ts_path).replace("_stat-mean_timeseries.tsv",
+                                             "_desc-bidsfmfc_embedding.tsv"), sep="\t")
+    assert np.allclose(emb[0], saved.to_numpy()[0], atol=1e-5)
+    table = model.predict([ts], [2.0])
+    assert list(table.columns) == ["diagnosis_P(ASD)", "sex_P(F)", "age"]
+    att = model.attention([ts], [2.0], "diagnosis", steps=8)
+    assert att.shape == (1, 200)
 
 
 def test_rerun_reuses_model_outputs(encoded, tiny_ds, capsys):

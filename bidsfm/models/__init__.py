@@ -8,5 +8,44 @@ Modules
     Self-supervised pretraining of that encoder (latent representation alignment + Mask-ROI
     modelling), safetensors save/load and the ``bidsfm-pretrain`` command.
 
-Nothing is imported here, so ``import bidsfm.models`` stays free of torch.
+``bidsfm.models.registry``
+    Bundled models (weights + card), :class:`~bidsfm.models.registry.FoundationModel`.
+
+Notebook API::
+
+    import bidsfm.models
+    bidsfm.models.available()                      # ['bidsfmfc']
+    model = bidsfm.models.load("bidsfmfc", device="auto")
+    emb = model.embed(timeseries, repetition_times)          # (n_runs, 1600)
+    table = model.predict(timeseries, repetition_times)      # one row per run
+    att = model.attention(timeseries, repetition_times, "diagnosis")  # (n_runs, n_rois)
+
+``timeseries`` is a list of (n_volumes, n_rois) arrays in the model's ROI order (NaN columns
+for missing ROIs). Torch is imported only when a model is loaded, so ``import bidsfm.models``
+stays light.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def available() -> list[str]:
+    """Names of the bundled models."""
+    from .registry import list_models
+
+    return list_models()
+
+
+def load(name_or_path: str | Path = "bidsfmfc", device: str = "auto") -> Any:
+    """Load a bundled model (or a model folder) on ``device`` (auto, cpu, cuda).
+
+    Returns
+    -------
+    bidsfm.models.registry.FoundationModel
+    """
+    from .pretrain import resolve_device
+    from .registry import load_model
+
+    return load_model(name_or_path, device=str(resolve_device(device)))

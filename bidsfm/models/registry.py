@@ -134,9 +134,59 @@ class FoundationModel:
         with autocast:
             return np.atleast_2d(embed_fc(self.encoder, x, batch_size=batch_size))
 
-    def predict(self, emb: np.ndarray) -> dict[str, np.ndarray]:
-        """Head outputs: probability of the positive label (binary) or value (regression)."""
+    def head_outputs(self, emb: np.ndarray) -> dict[str, np.ndarray]:
+        """Head outputs on embeddings: P(positive label) (binary) or the value (regression)."""
         return {name: head.predict(emb) for name, head in self.heads.items()}
+
+    def fc_from_series(self, timeseries: list[np.ndarray],
+                       repetition_times: list[float] | None = None) -> np.ndarray:
+        """Pearson FC of each run's (n_volumes, n_rois) series in the model's ROI order.
+
+        ``repetition_times`` is accepted for a uniform API with time-series models; FC does not
+        depend on it.
+        """
+        from .brainmass import fc_from_timeseries
+
+        r = len(self.roi_names)
+        out = []
+        for i, ts in enumerate(timeseries):
+            ts = np.asarray(ts, dtype=np.float64)
+            if ts.ndim != 2 or ts.shape[1] != r:
+                raise ConfigError(f"run {i}: expected (n_volumes, {r}) time series in the "
+                                  f"model's ROI order, got shape {ts.shape}")
+            if ts.shape[0] < self.min_volumes:
+                raise ConfigError(f"run {i}: {ts.shape[0]} volumes, below the model's minimum "
+                                  f"of {self.min_volumes}")
+            out.append(np.asarray(fc_from_timeseries(ts), dtype=np.float32))
+        if repetition_times is not None and len(repetition_times) != len(out):
+            raise ConfigError("give one repetition time per run")
+        return np.stack(out)
+
+    def embed(self, timeseries: list[np.ndarray],
+              repetition_times: list[float] | None = None) -> np.ndarray:
+        """Embeddings (n_runs, embedding_size) of ROI time series (notebook API)."""
+        return self.encode(self.fc_from_series(timeseries, repetition_times))
+
+    def predict(self, timeseries: list[np.ndarray],
+                repetition_times: list[float] | None = None):
+        """One row per run, one column per head output (``diagnosis_P(ASD)``, ``age``...)."""
+        import pandas as pd
+
+        outputs = self.head_outputs(self.embed(timeseries, repetition_times))
+        cols = {}
+        for name, values in outputs.items():
+            head = self.heads[name]
+            key = f"{name}_P({head.labels[1]})" if head.kind == BINARY else name
+            cols[key] = values
+        return pd.DataFrame(cols)
+
+    def attention(self, timeseries: list[np.ndarray], repetition_times: list[float] | None,
+                  head: str, steps: int = 32) -> np.ndarray:
+        """Per-ROI integrated-gradients scores (n_runs, n_rois) for one head."""
+        if head not in self.heads:
+            raise ConfigError(f"unknown head {head!r}; this model has {', '.join(self.heads)}")
+        return self.attribution(self.fc_from_series(timeseries, repetition_times), head,
+                                steps=steps)
 
     def attribution(self, fc: np.ndarray, head: str, steps: int = 32,
                     baseline: np.ndarray | None = None) -> np.ndarray:
