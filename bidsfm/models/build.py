@@ -132,6 +132,53 @@ def attach_reference(folder: str | Path, shared_data: str | Path | None = None) 
                reference_fc=reference_fc(full_fc(series)))
 
 
+def few_shot(emb: np.ndarray, pheno: pd.DataFrame, shots=(5, 10, 20, 50), repeats: int = 5,
+             seed: int = 0) -> dict[int, dict[str, float]]:
+    """Few-shot diagnosis curve, leave-one-site-out.
+
+    For each held-out site and repeat, ``k`` ASD and ``k`` TC participants are drawn from the
+    other 15 sites, a head is fitted on them alone and scores the held-out site. The pooled AUC
+    over sites is computed per repeat; the mean and standard deviation over repeats are returned.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = _targets(pheno, "diagnosis")
+    sites = pheno["site"].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    out: dict[int, dict[str, float]] = {}
+    for k in shots:
+        aucs = []
+        for _ in range(repeats):
+            oof = np.full(len(y), np.nan)
+            for site in np.unique(sites):
+                te = sites == site
+                pool = np.flatnonzero(~te)
+                pick = np.concatenate([rng.choice(pool[y[pool] == c], size=k, replace=False)
+                                       for c in (0, 1)])
+                head = fit_binary_head("few", emb[pick], y[pick], ["TC", "ASD"])
+                oof[te] = head.predict(emb[te])
+            aucs.append(roc_auc_score(y, oof))
+        out[int(k)] = {"auc_mean": float(np.mean(aucs)), "auc_sd": float(np.std(aucs)),
+                       "repeats": repeats}
+    return out
+
+
+def in_sample(model, emb: np.ndarray, pheno: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The bundled heads applied to their own training data (in-sample, optimistic)."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    out = {}
+    for head_name, values in model.head_outputs(emb).items():
+        y = _targets(pheno, head_name)
+        if HEADS[head_name][1] == BINARY:
+            out[head_name] = {"auc": float(roc_auc_score(y, values)),
+                              "balanced_accuracy": float(balanced_accuracy_score(y, values >= 0.5))}
+        else:
+            out[head_name] = {"mae": float(np.mean(np.abs(values - y))),
+                              "r": float(np.corrcoef(values, y)[0, 1])}
+    return out
+
+
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown table of evaluation results: rows = (features, head)."""
     lines = ["| features | head | metric | leave-one-site-out (95% CI) | mean over sites |",
