@@ -286,6 +286,12 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         raise AtlasNotFoundError("no requested atlas is available offline; nothing to do",
                                  remedy="See the messages above")
     options.atlases = usable
+    if model is not None and model["atlas"] not in usable:
+        msg = (f"model {model['name']} needs the {model['atlas']} atlas, which is not "
+               "available (see above): no model outputs")
+        LOGGER.error("%s", msg)
+        atlas_problems.append(msg)
+        model = None
 
     requested = normalize_participant_labels(opts["participant_label"])
     available = list_participants(fmriprep_dir)
@@ -336,7 +342,7 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                 ",".join(options.atlases), options.strategy)
     results: list[dict] = []
     if n_runs:
-        results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts)
+        results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts, model)
     _print_summary(results, problems, output_dir)
     failed = [r for r in results if r["status"] == "error"]
     if failed or problems or atlas_problems:
@@ -388,7 +394,7 @@ def _processing_options(opts: dict[str, Any]):
 
 
 def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path,
-                  opts: dict[str, Any]) -> list[dict]:
+                  opts: dict[str, Any], model: dict[str, str] | None) -> list[dict]:
     from .confounds import get_strategy
     from .workflow import init_bidsfm_wf, plugin_settings
 
@@ -397,7 +403,6 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
                  std_dvars_threshold=options.dvars_threshold)
     work_dir.mkdir(parents=True, exist_ok=True)
     _quiet_nipype(opts["verbose"])
-    model = _resolve_model(opts["model"])
     wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
                         omp_nthreads=opts["omp_nthreads"],
                         model=None if model is None else model["path"], device=opts["device"],
