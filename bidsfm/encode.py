@@ -63,9 +63,10 @@ def _read_fc(path: Path, roi_names: list[str]) -> np.ndarray:
 
 
 def _input_hash(model_sha: str, fc_path: Path) -> str:
-    st = os.stat(fc_path)
-    return hashlib.sha256(f"{model_sha}|{fc_path.name}|{st.st_size}|{st.st_mtime_ns}".encode()
-                          ).hexdigest()[:16]
+    """Hash of the model and the FC file's content (reproducible across output folders)."""
+    from .utils import sha256_file
+
+    return hashlib.sha256(f"{model_sha}|{sha256_file(fc_path)}".encode()).hexdigest()[:16]
 
 
 def _complete(paths: dict[str, Path], phash: str) -> bool:
@@ -238,8 +239,10 @@ def _write_figure(statmap, heads: list[str], run: BoldRun, model_name: str, atla
     from nilearn import image, plotting
 
     from .derivatives import derivative_name
+    from .utils import remove_stale_temps
 
     folder = Path(output_dir) / f"sub-{run.entities['subject']}" / "figures"
+    remove_stale_temps(folder, run.prefix)
     path = folder / derivative_name(run.prefix, space=run.space, seg=atlas,
                                     desc=model_name, suffix="attention", extension=".png")
     fig, axes = plt.subplots(len(heads), 1, figsize=(9, 2.6 * len(heads)), squeeze=False)

@@ -216,8 +216,11 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         a one-line reason, in the result and in the run's QC table.
     """
     from .atlases import resolve_atlas
+    from .derivatives import run_dir
+    from .utils import remove_stale_temps
 
     label = run.prefix
+    remove_stale_temps(run_dir(output_dir, run.entities), run.prefix)
     try:
         if atlases is None:
             atlases = [resolve_atlas(spec, space=run.space) for spec in options.atlases]

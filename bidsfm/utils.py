@@ -46,6 +46,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(folder: str | Path, prefix: str) -> int:
+    """Delete temporary files left by :func:`atomic_path` for names starting with ``prefix``.
+
+    A job killed while writing leaves a hidden ``.<name>.<random>.tmp<suffix>`` file; it is
+    removed before the same run is processed again. Returns the number of files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for tmp in folder.glob(f".{prefix}*.tmp*"):
+        try:
+            tmp.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:
