@@ -4,7 +4,7 @@ learned mask token. Each variant is pretrained with the same budget and seed on 
 ABIDE, then scored by the final Mask-ROI-Modelling loss and the leave-one-site-out diagnosis
 AUC of a linear probe on its frozen embedding.
 
-    .venv/bin/python benchmarks/ablation_fc_model.py [--subjects 300] [--epochs 4]
+    .venv/bin/python benchmarks/ablation_fc_model.py [--subjects 200] [--epochs 3]
 
 A small budget (it runs on 2 CPU cores): the figures compare variants with each other, not
 with the bundled model.
@@ -26,8 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared-data", default=None)
-    parser.add_argument("--subjects", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--subjects", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
