@@ -175,6 +175,11 @@ def resolve_atlas(spec: str, *, space: str | None = None) -> Atlas:
     named = _NAMED_PATH_RE.match(spec)
     if named:
         return _resolve_user_file(Path(named.group(2)).expanduser(), name=named.group(1))
+    if "=" in spec and not Path(spec).expanduser().exists():
+        # NAME=PATH whose NAME holds path characters (``../evil=atlas.nii.gz``): the name is
+        # reduced to its letters and digits, so it can never point outside the output folder
+        name, _, path = spec.partition("=")
+        return _resolve_user_file(Path(path).expanduser(), name=name)
     if _NIFTI_RE.search(spec) or "/" in spec or os.sep in spec:
         return _resolve_user_file(Path(spec).expanduser())
     for key in URL_ATLASES:

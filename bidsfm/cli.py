@@ -29,6 +29,7 @@ LOGGER = logging.getLogger("bidsfm")
 GREEDY_OPTIONS = ("--participant-label", "--participant_label", "--session-label",
                   "--session_label", "-t", "--task-id", "--task_id")
 _GREEDY_VALUE = re.compile(r"^(sub-|ses-|task-)?[A-Za-z0-9]+$")
+_BIDS_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
 def expand_greedy(argv: list[str]) -> list[str]:
@@ -170,8 +171,9 @@ def _float_or_none(value: Any) -> float | None:
               show_default=True, help="Parallel processes (MultiProc when > 1).")
 @click.option("--omp-nthreads", type=int, default=1, show_default=True,
               help="Threads per process for numerical libraries.")
-@click.option("--mem-mb", "--mem_mb", "mem_mb", type=int, default=None,
-              help="Memory available to the job (MB), passed to the Nipype scheduler.")
+@click.option("--mem-mb", "--mem_mb", "mem_mb", type=click.IntRange(min=1), default=None,
+              help="Memory available to the job (MB), passed to the Nipype scheduler; a run "
+                   "estimated to need more fails with the figure to rerun with.")
 @click.option("--use-plugin", type=click.Path(dir_okay=False, exists=True),
               help="Nipype plugin file (YAML/JSON): plugin: SLURM, plugin_args: {...}.")
 @click.option("--notrack", is_flag=True, help="Accepted for compatibility; bidsfm never tracks.")
@@ -263,7 +265,14 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                           remedy="Pass -w/--work-dir outside the input dataset")
 
     template, _res = parse_space(opts["space"])
+    # every label is validated before anything is read or written (they become paths)
+    requested = normalize_participant_labels(opts["participant_label"])
+    sessions = normalize_labels(opts["session_label"], "ses-", "session")
+    tasks = normalize_labels(opts["task_id"], "task-", "task")
     filters = _read_filters(opts["bids_filter_file"])
+    from .derivatives import check_output_dataset
+
+    check_output_dataset(output_dir)  # another tool's dataset: refuse before any work
     options = _processing_options(opts)
     model = _resolve_model(opts["model"])
     if model is not None and model["atlas"] not in options.atlases:
@@ -293,7 +302,6 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         atlas_problems.append(msg)
         model = None
 
-    requested = normalize_participant_labels(opts["participant_label"])
     available = list_participants(fmriprep_dir)
     problems: list[RunProblem] = []
     if requested:
@@ -313,8 +321,6 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
     db_dir = opts["bids_database_dir"] or (work_dir / "bids_db")
     layout = build_layout(fmriprep_dir, participants, Path(db_dir))
-    sessions = normalize_labels(opts["session_label"], "ses-", "session")
-    tasks = normalize_labels(opts["task_id"], "task-", "task")
     runs_by_participant = {}
     for p in participants:
         runs, run_problems = collect_runs(layout, fmriprep_dir, p, space=opts["space"],
@@ -351,7 +357,15 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
 
 def _resolve_model(spec: str) -> dict[str, str] | None:
-    """Model folder and atlas for ``--model`` (None for 'none' or no bundled model)."""
+    """Model folder and atlas for ``--model`` (None for 'none' or no bundled model).
+
+    Raises
+    ------
+    ConfigError
+        If the model is unknown, its card cannot be read, or the card's model or atlas name is
+        not a BIDS label (both become parts of output file names).
+    """
+    from .errors import ConfigError
     from .models.registry import CARD, DEFAULT_MODEL, list_models, model_dir
 
     if spec in ("none", "", None):
@@ -361,8 +375,20 @@ def _resolve_model(spec: str) -> dict[str, str] | None:
             return None
         spec = DEFAULT_MODEL
     folder = model_dir(spec)
-    card = json.loads((folder / CARD).read_text())
-    return {"path": str(folder), "atlas": card["atlas"]["name"], "name": card["name"]}
+    card_path = folder / CARD
+    try:
+        card = json.loads(card_path.read_text())
+        name, atlas = card["name"], card["atlas"]["name"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the model card ({type(exc).__name__}: {exc})",
+                          path=card_path, remedy="Restore the model folder (card.json + "
+                          "weights.safetensors), or reinstall bidsfm") from None
+    for what, value in (("model name", name), ("atlas name", atlas)):
+        if not isinstance(value, str) or not _BIDS_LABEL.match(value):
+            raise ConfigError(f"the card's {what} {value!r} is not a BIDS label (letters and "
+                              "digits only); it would become part of output file names",
+                              path=card_path, remedy="Fix the card, or use another model")
+    return {"path": str(folder), "atlas": atlas, "name": name}
 
 
 def _read_filters(path: Path | None) -> dict[str, Any]:
@@ -406,7 +432,7 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
     wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
                         omp_nthreads=opts["omp_nthreads"],
                         model=None if model is None else model["path"], device=opts["device"],
-                        batch_size=opts["batch_size"])
+                        batch_size=opts["batch_size"], mem_mb=opts["mem_mb"])
     plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
     try:
         graph = wf.run(**plugin)
@@ -450,12 +476,16 @@ def _print_summary(results: list[dict], problems: list, output_dir: Path) -> Non
     for r in results:
         key = ("model " if r.get("stage") == "model" else "") + r["status"]
         counts[key] = counts.get(key, 0) + 1
+    model_errors: dict[str, list[str]] = {}
     for r in results:
         where = "model" if r.get("stage") == "model" else r.get("atlas", "")
         if r["status"] == "skipped":
             LOGGER.warning("skipped %s (%s): %s", r["run"], where, r["reason"])
         elif r["status"] == "error" and r.get("stage") == "model":
-            LOGGER.error("%s (model): %s", r["run"], r["reason"])
+            model_errors.setdefault(r["reason"], []).append(r["run"])
+    for reason, runs in model_errors.items():  # one line per problem (e.g. a corrupt model)
+        others = f" and {len(runs) - 1} other run(s)" if len(runs) > 1 else ""
+        LOGGER.error("%s%s (model): %s", runs[0], others, reason)
     parts = [f"{v} {k}" for k, v in sorted(counts.items())]
     if problems:
         parts.append(f"{len(problems)} input problem(s)")

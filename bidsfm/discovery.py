@@ -187,9 +187,14 @@ def _looks_like_fmriprep(path: Path) -> bool:
             data = json.loads(desc.read_text())
         except (OSError, ValueError):
             data = {}
+        if not isinstance(data, dict):
+            data = {}
         if data.get("DatasetType") == "derivative":
             return True
-        names = [g.get("Name", "") for g in data.get("GeneratedBy", []) if isinstance(g, dict)]
+        generated = data.get("GeneratedBy")
+        if not isinstance(generated, list):
+            generated = []
+        names = [str(g.get("Name", "")) for g in generated if isinstance(g, dict)]
         if any("fmriprep" in n.lower() for n in names):
             return True
     # a derivatives tree without description: look for one preproc bold in the first subject

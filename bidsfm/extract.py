@@ -8,12 +8,45 @@ not by the number of volumes. Several atlases are served by the same pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputDataError
+
+#: Memory (MB) a run's process needs whatever the data: Python, numpy, nibabel, pandas, nilearn.
+BASE_MEMORY_MB = 300
+#: ROIs assumed by :func:`estimate_memory_mb` when the atlases are not known yet.
+DEFAULT_ROIS_FOR_ESTIMATE = 1000
+
+
+def estimate_memory_mb(shape: tuple[int, ...], n_rois: int = DEFAULT_ROIS_FOR_ESTIMATE) -> int:
+    """Estimate the peak memory (MB) needed to process one BOLD run.
+
+    The BOLD file is streamed, so one volume is held a few times over (read buffer, float64
+    copy, masked copy, label images and coordinates of the atlas resampling), while the ROI
+    signals are held whole, a few times over (raw, cleaned, residual, confounds). A fixed
+    :data:`BASE_MEMORY_MB` covers the interpreter and libraries. The same figure is the memory
+    hint given to Nipype's schedulers and the check against ``--mem-mb``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the BOLD image, ``(x, y, z, t)`` (a 3D shape counts as one volume).
+    n_rois : int
+        ROIs over all atlases of the run.
+
+    Returns
+    -------
+    int
+        Megabytes, rounded up.
+    """
+    voxels = math.prod(int(s) for s in shape[:3])
+    n_vol = int(shape[3]) if len(shape) > 3 else 1
+    nbytes = 6 * voxels * 8 + 4 * n_vol * max(int(n_rois), 1) * 8
+    return math.ceil(BASE_MEMORY_MB + nbytes / 2**20)
 
 
 @dataclass
@@ -43,6 +76,14 @@ class LabelProjection:
         return np.where(self.n_total > 0, cov, 0.0)
 
 
+def _describe(exc: Exception, path: str | Path) -> str:
+    """``Type: message`` of a reader's exception, without the path the error line names anyway."""
+    text = str(exc)
+    for form in (f"File {path}", f'"{path}"', f"'{path}'", str(path)):
+        text = text.replace(form, "the file")
+    return f"{type(exc).__name__}: {' '.join(text.split())}"
+
+
 def load_mask(mask_path: str | Path, bold_affine: np.ndarray, bold_shape: tuple[int, ...]
               ) -> np.ndarray:
     """Load a brain mask and check that it lies on the BOLD grid.
@@ -58,7 +99,7 @@ def load_mask(mask_path: str | Path, bold_affine: np.ndarray, bold_shape: tuple[
         img = nib.load(str(mask_path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputDataError(f"cannot read brain mask ({type(exc).__name__}: {exc})",
+        raise InputDataError(f"cannot read brain mask ({_describe(exc, mask_path)})",
                              path=mask_path, remedy="Restore the file from fMRIPrep") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -121,7 +162,7 @@ def open_bold(bold_path: str | Path):
         img = nib.load(str(bold_path))
         shape = img.shape
     except Exception as exc:
-        raise InputDataError(f"cannot read BOLD image ({type(exc).__name__}: {exc})",
+        raise InputDataError(f"cannot read BOLD image ({_describe(exc, bold_path)})",
                              path=bold_path, remedy="Check the file is a complete NIfTI; rerun "
                              "fMRIPrep for this run if it is truncated") from None
     if len(shape) != 4 or shape[3] < 2:
@@ -241,7 +282,7 @@ def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
     except InputDataError:
         raise
     except Exception as exc:  # truncated gzip, short file, ...
-        raise InputDataError(f"cannot read BOLD data ({type(exc).__name__}: {exc})",
+        raise InputDataError(f"cannot read BOLD data ({_describe(exc, bold_path)})",
                              path=bold_path, remedy="The file looks truncated or corrupt; "
                              "rerun fMRIPrep for this run") from None
     for out, emp in zip(outs, empty, strict=True):

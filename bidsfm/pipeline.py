@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .discovery import BoldRun
-from .errors import BidsfmError, ConfigError
+from .errors import BidsfmError, ConfigError, InputDataError
 from .utils import write_json_atomic
 
 LOGGER = logging.getLogger("bidsfm.pipeline")
@@ -192,8 +192,8 @@ def _dvars_pct(raw: np.ndarray, residual: np.ndarray) -> tuple[float, float]:
 
 
 def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path, *,
-                dataset_name: str = "preprocessed", atlases: list | None = None
-                ) -> list[RunResult]:
+                dataset_name: str = "preprocessed", atlases: list | None = None,
+                mem_mb: int | None = None) -> list[RunResult]:
     """Process one BOLD run for every requested atlas and write its derivatives.
 
     Parameters
@@ -208,6 +208,10 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         Name of the input dataset in ``DatasetLinks`` (for BIDS URIs in sidecars).
     atlases : list of Atlas, optional
         Already resolved atlases (resolved from ``options.atlases`` when omitted).
+    mem_mb : int, optional
+        Memory available (``--mem-mb``). A run whose estimated need
+        (:func:`bidsfm.extract.estimate_memory_mb`) is larger fails before any data is read,
+        with the figure to rerun with. Not part of the options: it does not change the outputs.
 
     Returns
     -------
@@ -233,7 +237,7 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
                    for a in atlases if a not in todo]
         if todo:
             results += _process(run, todo, options, all_paths, phash, dataset_name,
-                                Path(output_dir))
+                                Path(output_dir), mem_mb=mem_mb)
         return results
     except BidsfmError as err:
         if err.path is None:  # e.g. a filter error: name the run it happened on
@@ -285,14 +289,28 @@ def _write_failure(paths: dict[str, Path], run: BoldRun, atlas_name: str, messag
 
 def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
              all_paths: dict[str, dict[str, Path]], phash: str, dataset_name: str,
-             output_dir: Path) -> list[RunResult]:
+             output_dir: Path, mem_mb: int | None = None) -> list[RunResult]:
     from .atlases import resample_labels
     from .confounds import load_confounds
     from .denoise import clean_signals
-    from .extract import extract_roi_signals, load_mask, open_bold, project_labels
+    from .extract import (
+        estimate_memory_mb,
+        extract_roi_signals,
+        load_mask,
+        open_bold,
+        project_labels,
+    )
 
     img = open_bold(run.bold)
     n_vol = int(img.shape[3])
+    if mem_mb:
+        n_rois = sum(a.n_rois for a in atlases)
+        need = estimate_memory_mb(img.shape, n_rois)
+        if need > mem_mb:
+            raise InputDataError(
+                f"processing this run needs about {need} MB (BOLD {tuple(img.shape)}, {n_rois} "
+                f"ROIs) but --mem-mb is {mem_mb}", path=run.bold,
+                remedy=f"Rerun with --mem-mb >= {need} on a node with that much memory")
     strategy = _strategy(options)
     sel = load_confounds(run.confounds, strategy, n_volumes=n_vol,
                          dummy_scans=options.dummy_scans, confounds_json=run.confounds_json)

@@ -6,6 +6,7 @@ work-directory caching.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from nipype.pipeline import engine as pe  # noqa: E402
 from .discovery import BoldRun  # noqa: E402
 from .pipeline import ProcessingOptions  # noqa: E402
 
+LOGGER = logging.getLogger("bidsfm.workflow")
+
 
 class _ProcessRunInputSpec(BaseInterfaceInputSpec):
     run = traits.Dict(mandatory=True, desc="BoldRun.to_dict()")
@@ -30,6 +33,9 @@ class _ProcessRunInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="bidsfm derivatives root")
     dataset_name = traits.Str("preprocessed", usedefault=True, desc="input dataset name")
     omp_nthreads = traits.Int(1, usedefault=True, desc="threads for numerical libraries")
+    mem_mb = traits.Int(0, usedefault=True,
+                        desc="memory available (--mem-mb); 0 = no check. Kept out of the "
+                             "processing options: it does not change the outputs")
     input_stamp = traits.Str("", usedefault=True,
                              desc="sizes and mtimes of the inputs, so that Nipype's cache "
                                   "notices changed input files")
@@ -58,7 +64,8 @@ class ProcessRun(SimpleInterface):
         options = ProcessingOptions(**self.inputs.options)
         with threadpool_limits(limits=max(1, self.inputs.omp_nthreads)):
             results = process_run(run, options, self.inputs.output_dir,
-                                  dataset_name=self.inputs.dataset_name)
+                                  dataset_name=self.inputs.dataset_name,
+                                  mem_mb=self.inputs.mem_mb or None)
         self._results["results"] = [
             {"run": r.run, "atlas": r.atlas, "status": r.status, "reason": r.reason}
             for r in results
@@ -81,7 +88,12 @@ class _EncodeOutputSpec(TraitedSpec):
 
 
 class EncodeParticipant(SimpleInterface):
-    """Encode all runs of a participant in one batch (embeddings, predictions, attention)."""
+    """Encode all runs of a participant in one batch (embeddings, predictions, attention).
+
+    Like :class:`ProcessRun`, the node never crashes: a model that cannot be loaded (a corrupt
+    or foreign weights file) or a failure while encoding is returned as ``status == "error"``
+    for every run, with a one-line reason, and the run outputs already written stay valid.
+    """
 
     input_spec = _EncodeInputSpec
     output_spec = _EncodeOutputSpec
@@ -98,11 +110,25 @@ class EncodeParticipant(SimpleInterface):
         runs = [BoldRun.from_dict(r) for r in self.inputs.runs]
         try:
             device = str(resolve_device(self.inputs.device))
-            model = load_model(self.inputs.model, device=device)
+            try:
+                model = load_model(self.inputs.model, device=device)
+            except BidsfmError:
+                raise
+            except Exception as exc:  # e.g. a weights file that is not safetensors
+                raise BidsfmError(
+                    f"cannot load the model ({type(exc).__name__}: {exc})",
+                    path=self.inputs.model, remedy="Use a model folder written by bidsfm "
+                    "(card.json + weights.safetensors), or reinstall bidsfm") from None
             results = encode_participant(runs, model, self.inputs.output_dir,
                                          batch_size=self.inputs.batch_size)
         except BidsfmError as err:
             results = [{"run": r.prefix, "status": "error", "reason": err.one_line()}
+                       for r in runs]
+        except Exception as exc:  # an unexpected failure must not crash the workflow
+            LOGGER.exception("internal error while encoding %s", self.inputs.model)
+            reason = (f"{self.inputs.model}: internal error while encoding "
+                      f"({type(exc).__name__}: {exc}). Please report this with the log")
+            results = [{"run": r.prefix, "status": "error", "reason": reason.replace("\n", " ")}
                        for r in runs]
         self._results["results"] = [{**r, "stage": "model"} for r in results]
         return runtime
@@ -120,16 +146,16 @@ def _stamp(run: BoldRun) -> str:
 
 
 def _estimate_mem_gb(run: BoldRun) -> float:
-    """Memory hint for schedulers: one volume in float64 a few times over, plus overhead."""
+    """Memory hint for schedulers (GB), from :func:`bidsfm.extract.estimate_memory_mb`."""
+    from .extract import estimate_memory_mb
+
     try:
         import nibabel as nib
 
         shape = nib.load(run.bold).shape
-        voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
-        n_vol = int(shape[3]) if len(shape) > 3 else 1
     except Exception:
-        return 0.5
-    return round(0.4 + 6 * voxels * 8 / 1e9 + n_vol * 1000 * 8 * 4 / 1e9, 2)
+        return 0.5  # an unreadable file fails fast in the node, with its own message
+    return round(estimate_memory_mb(shape) / 1024, 2)
 
 
 def _node_name(run: BoldRun, index: int) -> str:
@@ -141,7 +167,7 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                         output_dir: str | Path, *, dataset_name: str = "preprocessed",
                         omp_nthreads: int = 1, name: str | None = None,
                         model: str | None = None, device: str = "cpu",
-                        batch_size: int = 64) -> pe.Workflow:
+                        batch_size: int = 64, mem_mb: int | None = None) -> pe.Workflow:
     """Build the workflow of one participant: one :class:`ProcessRun` node per BOLD run.
 
     Parameters
@@ -166,6 +192,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         ``cpu``, ``cuda`` or ``auto`` for the model.
     batch_size : int
         FC matrices per forward pass of the model.
+    mem_mb : int, optional
+        Memory available (``--mem-mb``): a run estimated to need more fails with a message.
     """
     from nipype.interfaces import utility as niu
 
@@ -175,7 +203,7 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
     for i, run in enumerate(runs):
         node = pe.Node(ProcessRun(run=run.to_dict(), options=opts, output_dir=str(output_dir),
                                   dataset_name=dataset_name, omp_nthreads=omp_nthreads,
-                                  input_stamp=_stamp(run)),
+                                  mem_mb=int(mem_mb or 0), input_stamp=_stamp(run)),
                        name=_node_name(run, i), mem_gb=_estimate_mem_gb(run),
                        n_procs=omp_nthreads)
         wf.add_nodes([node])
@@ -195,8 +223,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
 def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: ProcessingOptions,
                    output_dir: str | Path, work_dir: str | Path, *,
                    dataset_name: str = "preprocessed", omp_nthreads: int = 1,
-                   model: str | None = None, device: str = "cpu", batch_size: int = 64
-                   ) -> pe.Workflow:
+                   model: str | None = None, device: str = "cpu", batch_size: int = 64,
+                   mem_mb: int | None = None) -> pe.Workflow:
     """Top-level workflow: one sub-workflow per participant, base dir under the work dir."""
     wf = pe.Workflow(name="bidsfm_wf", base_dir=str(work_dir))
     crash_dir = Path(work_dir) / "crash"
@@ -213,7 +241,8 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
             wf.add_nodes([init_participant_wf(participant, runs, options, output_dir,
                                               dataset_name=dataset_name,
                                               omp_nthreads=omp_nthreads, model=model,
-                                              device=device, batch_size=batch_size)])
+                                              device=device, batch_size=batch_size,
+                                              mem_mb=mem_mb)])
     return wf
 
 

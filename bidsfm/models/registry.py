@@ -221,7 +221,13 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Foundat
         raise ConfigError(f"weights sha256 {digest[:12]}... does not match the card's "
                           f"{str(card['sha256'])[:12]}...", path=weights,
                           remedy="The file is corrupt or from another model; reinstall it")
-    tensors = load_file(str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # SafetensorError, OSError, ValueError: never fall back to pickle
+        raise ConfigError(f"weights are not a valid safetensors file ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})", path=weights,
+                          remedy="bidsfm only loads safetensors; restore the model's "
+                                 "weights.safetensors") from None
     family = card.get("family")
     if family != "brainmass":
         raise ConfigError(f"unsupported model family {family!r}", path=folder / CARD)
