@@ -177,7 +177,7 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
                 rows.append({"head": h, "value": head.labels[int(value >= 0.5)],
                              "probability": value, "probability_of": head.labels[1]})
             else:
-                rows.append({"head": h, "value": value, "probability": np.nan,
+                rows.append({"head": h, "value": f"{value:.6g}", "probability": np.nan,
                              "probability_of": np.nan})
         with atomic_path(mpaths["predictions"]) as tmp:
             pd.DataFrame(rows, columns=["head", "value", "probability", "probability_of"]
