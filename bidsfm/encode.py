@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .derivatives import bids_uri
 from .discovery import BoldRun
 from .pipeline import output_paths
 from .utils import atomic_path, write_json_atomic
@@ -191,7 +192,7 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
         write_json_atomic(mpaths["embedding_json"], {
             "Model": {k: model.card.get(k) for k in ("name", "version", "family", "sha256")},
             "Atlas": atlas, "EmbeddingSize": int(emb.shape[1]),
-            "Sources": [f"bids::{rel}"], "ParametersHash": phash,
+            "Sources": [bids_uri("", rel)], "ParametersHash": phash,
             "Heads": {h: model.heads[h].meta() for h in heads},
             "Attribution": "integrated gradients from the all-zero FC baseline, "
                            f"{attention_steps} steps; per-ROI sum over the ROI's FC row",

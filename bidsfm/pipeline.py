@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .derivatives import bids_uri
 from .discovery import BoldRun
 from .errors import BidsfmError, ConfigError, InputDataError
 from .utils import write_json_atomic
@@ -326,7 +327,7 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
             "min_coverage": options.min_coverage}
     meta_common = {"ParametersHash": phash, "BidsfmVersion": __version__,
                    "Options": options.to_dict(), "Strategy": strategy.to_dict(),
-                   "Sources": [f"bids:{dataset_name}:{run.relpaths.get(k, v)}" for k, v in
+                   "Sources": [bids_uri(dataset_name, run.relpaths.get(k, v)) for k, v in
                                (("bold", run.bold), ("mask", run.mask),
                                 ("confounds", run.confounds))]}
 
@@ -405,7 +406,7 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
         write_json_atomic(paths["fc_json"], {
             **meta_common, "Measure": "Pearson correlation",
             "FisherZ": paths["fcz"].name, "Atlas": atlas_meta,
-            "Sources": [f"bids::{paths['timeseries'].relative_to(output_dir).as_posix()}"],
+            "Sources": [bids_uri("", paths["timeseries"].relative_to(output_dir).as_posix())],
         })
         row = _qc_row(status="ok", atlas=atlas.name, mean_dvars_before=before,
                       mean_dvars_after=after, n_rois=len(names),

@@ -283,9 +283,3 @@ def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[Li
     write_json_atomic(folder / CARD, card)
     return folder
 
-
-def head_kind_label(head: LinearHead) -> str:
-    """Human description of what a head outputs."""
-    if head.kind == BINARY:
-        return f"P({head.labels[1]})"
-    return "value"
