@@ -52,6 +52,12 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.device != "all":
         devices = [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("inference_throughput: --device cuda but no CUDA device is visible")
+    if args.device == "all" and "cuda" not in devices:
+        print("(no CUDA device visible: GPU rows not measured)")
+    elif "cuda" in devices:
+        print(f"GPU: {torch.cuda.get_device_name(0)}; encoder under bf16 autocast on CUDA")
     model = load_model(args.model)
     r = len(model.roi_names)
     fc = _fc(args.runs, r)

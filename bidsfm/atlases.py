@@ -684,7 +684,7 @@ def _resample_world(
     target_affine: np.ndarray,
     target_shape: tuple[int, int, int],
     mapping: Any = None,
-    slab_voxels: int = 2_000_000,
+    slab_voxels: int = 262_144,
 ) -> np.ndarray:
     """Nearest-neighbour resampling in world coordinates, in slabs to bound memory.
 

@@ -165,6 +165,31 @@ def _float_or_none(value: Any) -> float | None:
               show_default=True, help="Where the model runs (auto = GPU when visible).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="FC matrices per forward pass of the model.")
+@click.option("--heads", "heads", multiple=True, metavar="[NAME=]PATH",
+              help="Participant level: also apply this head (a group/target-<COLUMN>/head "
+                   "folder written by the group level) to every run; repeatable.")
+@click.option("--target", "target", multiple=True, metavar="COLUMN[:TYPE]",
+              help="Group level: fit and cross-validate a head for this participants.tsv column; "
+                   "TYPE binary|multiclass|continuous (default: detected). Repeatable.")
+@click.option("--group-column", default=None, metavar="COLUMN",
+              help="Group level: participants.tsv column of sites/groups; cross-validation "
+                   "never splits a group (leave-one-group-out).")
+@click.option("--participants-tsv", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Group level: participants table (default: "
+                                 "BIDS_DIR/participants.tsv).")
+@click.option("--reference", default=None, metavar="COLUMN=VALUE",
+              help="Group level: reference group for normative deviation scores, e.g. "
+                   "diagnosis=TC.")
+@click.option("--n-folds", type=click.IntRange(min=2), default=None,
+              help="Group level: force k-fold (grouped with --group-column) instead of the "
+                   "automatic scheme.")
+@click.option("--n-bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Group level: bootstrap resamples for the metrics' 95% intervals.")
+@click.option("--attention-participants", type=click.IntRange(min=0), default=100,
+              show_default=True,
+              help="Group level: at most this many participants for a new head's ROI "
+                   "attention (0 = none).")
+@click.option("--no-qcfc", is_flag=True, help="Group level: skip QC-FC.")
 @click.option("-w", "--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Nipype work directory (caching, crash files). Default: ./work.")
 @click.option("--nprocs", "--nthreads", "--n-cpus", "nprocs", type=int, default=1,
@@ -187,19 +212,80 @@ def cli(bids_dir: Path, output_dir: Path, analysis_level: str, **opts: Any) -> N
     ANALYSIS_LEVEL is 'participant' or 'group'.
     """
     _setup_logging(opts["verbose"])
-    if analysis_level == "group":
-        click.echo("bidsfm: the group level is not available yet in bidsfm "
-                   f"{__version__}; run the participant level (it writes every per-run output).",
-                   err=True)
-        sys.exit(EXIT_USAGE)
     from .errors import BidsfmError
 
     try:
-        code = run_participant_level(bids_dir, output_dir, **opts)
+        if analysis_level == "group":
+            code = run_group(bids_dir, output_dir, **opts)
+        else:
+            code = run_participant_level(bids_dir, output_dir, **opts)
     except BidsfmError as err:
         click.echo(f"bidsfm: error: {err.one_line()}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(code)
+
+
+def run_group(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
+    """Run the group level (see :func:`bidsfm.group.run.run_group_level`); return the exit code.
+
+    Raises
+    ------
+    BidsfmError
+        For problems that stop the whole level.
+    """
+    from .derivatives import check_output_dataset
+    from .group.run import run_group_level
+
+    if opts.get("heads"):
+        LOGGER.warning("--heads is a participant-level option; ignored at the group level")
+    output_dir = output_dir.absolute()
+    if output_dir.is_dir() and (output_dir / "dataset_description.json").is_file():
+        check_output_dataset(output_dir)  # never write into another tool's dataset
+    return run_group_level(bids_dir, output_dir,
+                           derivatives_map=_parse_derivatives(opts["derivatives"]), **opts)
+
+
+def resolve_heads(specs: tuple[str, ...], model: dict[str, str] | None) -> list[str]:
+    """Check ``--heads`` values against the model; return ``NAME=PATH`` strings.
+
+    A head whose name is already taken (a head of the model, or an earlier ``--heads``) is
+    renamed ``<name>_2``, ``<name>_3``... unless ``NAME=`` was given.
+
+    Raises
+    ------
+    ConfigError
+        If there is no model, or a head cannot be read or was fitted on another model.
+    """
+    from .errors import ConfigError
+
+    if not specs:
+        return []
+    if model is None:
+        raise ConfigError("--heads needs a model (--model is none or unavailable)")
+    from .group.heads_io import check_head_model, read_head_card
+
+    card = json.loads((Path(model["path"]) / "card.json").read_text())
+    taken = set(card.get("heads", {}))
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not _BIDS_LABEL.match(name.replace("_", "")):
+            name, path = "", spec
+        head_card = read_head_card(path)
+        check_head_model(head_card, card, path)
+        final = name or str(head_card["name"])
+        if final in taken:
+            if name:
+                raise ConfigError(f"--heads {spec}: head name {final!r} is already used")
+            k = 2
+            while f"{final}_{k}" in taken:
+                k += 1
+            LOGGER.info("head %s from %s is written as %s_%d (the name is taken)", final, path,
+                        final, k)
+            final = f"{final}_{k}"
+        taken.add(final)
+        out.append(f"{final}={Path(path).absolute()}")
+    return out
 
 
 def _setup_logging(verbose: int) -> None:
@@ -275,8 +361,11 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     check_output_dataset(output_dir)  # another tool's dataset: refuse before any work
     options = _processing_options(opts)
     model = _resolve_model(opts["model"])
-    if model is not None and model["atlas"] not in options.atlases:
-        options.atlases.append(model["atlas"])  # the model decides the atlas it needs
+    if model is not None:  # the model decides the atlas it needs
+        model["spec"] = _model_atlas_spec(model, options.atlases)
+        if model["spec"] not in options.atlases:
+            options.atlases.append(model["spec"])
+    heads = resolve_heads(tuple(opts.get("heads") or ()), model)
 
     # atlases: resolve once up front; a missing atlas is a one-line error
     from .atlases import resolve_atlas
@@ -295,7 +384,7 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         raise AtlasNotFoundError("no requested atlas is available offline; nothing to do",
                                  remedy="See the messages above")
     options.atlases = usable
-    if model is not None and model["atlas"] not in usable:
+    if model is not None and model["spec"] not in usable:
         msg = (f"model {model['name']} needs the {model['atlas']} atlas, which is not "
                "available (see above): no model outputs")
         LOGGER.error("%s", msg)
@@ -348,7 +437,10 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                 ",".join(options.atlases), options.strategy)
     results: list[dict] = []
     if n_runs:
-        results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts, model)
+        results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts, model,
+                                heads)
+        _subject_reports(output_dir, [p for p, r in runs_by_participant.items() if r])
+        _citation(output_dir, options, model)
     _print_summary(results, problems, output_dir)
     failed = [r for r in results if r["status"] == "error"]
     if failed or problems or atlas_problems:
@@ -388,7 +480,23 @@ def _resolve_model(spec: str) -> dict[str, str] | None:
             raise ConfigError(f"the card's {what} {value!r} is not a BIDS label (letters and "
                               "digits only); it would become part of output file names",
                               path=card_path, remedy="Fix the card, or use another model")
-    return {"path": str(folder), "atlas": atlas, "name": name}
+    return {"path": str(folder), "atlas": atlas, "name": name,
+            "atlas_file": card["atlas"].get("user_file")}
+
+
+def _model_atlas_spec(model: dict[str, Any], requested: list[str]) -> str:
+    """The atlas spec that provides the model's atlas.
+
+    A requested ``NAME=PATH`` whose NAME is the card's atlas name wins; else the card's user
+    atlas file (``NAME=PATH``, for imported models on a user atlas); else the registry name.
+    """
+    for spec in requested:
+        name, sep, _path = spec.partition("=")
+        if sep and name == model["atlas"]:
+            return spec
+    if model.get("atlas_file"):
+        return f"{model['atlas']}={model['atlas_file']}"
+    return model["atlas"]
 
 
 def _read_filters(path: Path | None) -> dict[str, Any]:
@@ -419,8 +527,37 @@ def _processing_options(opts: dict[str, Any]):
         detrend=bool(opts["detrend"]))
 
 
+def _subject_reports(output_dir: Path, participants: list[str]) -> None:
+    """``sub-X.html`` for each participant; a report failure never fails the participant."""
+    try:
+        from .reports import write_subject_report
+    except ImportError:
+        return
+    for p in participants:
+        try:
+            write_subject_report(output_dir, p)
+        except Exception as exc:
+            LOGGER.warning("sub-%s: the HTML report could not be written (%s: %s)", p,
+                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+
+
+def _citation(output_dir: Path, options, model: dict[str, str] | None) -> None:
+    """``logs/CITATION.md`` from the options used; a failure is a warning, never fatal."""
+    import dataclasses
+
+    try:
+        from .reports import write_citation
+
+        write_citation(output_dir, {**dataclasses.asdict(options),
+                                    "analysis_level": "participant",
+                                    "model": model["path"] if model else "none"})
+    except Exception as exc:
+        LOGGER.warning("logs/CITATION.md could not be written (%s: %s)", type(exc).__name__, exc)
+
+
 def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path,
-                  opts: dict[str, Any], model: dict[str, str] | None) -> list[dict]:
+                  opts: dict[str, Any], model: dict[str, str] | None,
+                  heads: list[str] | None = None) -> list[dict]:
     from .confounds import get_strategy
     from .workflow import init_bidsfm_wf, plugin_settings
 
@@ -432,7 +569,8 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
     wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
                         omp_nthreads=opts["omp_nthreads"],
                         model=None if model is None else model["path"], device=opts["device"],
-                        batch_size=opts["batch_size"], mem_mb=opts["mem_mb"])
+                        batch_size=opts["batch_size"], mem_mb=opts["mem_mb"],
+                        heads=heads or [])
     plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
     try:
         graph = wf.run(**plugin)

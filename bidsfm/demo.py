@@ -111,10 +111,11 @@ SIZES: dict[str, SizePreset] = {
 _SITES = {"A": ("siteA", 2.0), "B": ("siteB", 1.5), "C": ("siteC", 0.8)}
 
 
-def _subject_specs(size: str, n_subjects: int, seed: int) -> list[SubjectSpec]:
-    """Build the participant/run list of a size preset."""
+def _subject_specs(size: str, n_subjects: int, seed: int, n_volumes: int | None = None
+                   ) -> list[SubjectSpec]:
+    """Build the participant/run list of a size preset (``n_volumes`` overrides run lengths)."""
     preset = SIZES[size]
-    vols = preset.volumes
+    vols = preset.volumes if n_volumes is None else dict.fromkeys(preset.volumes, n_volumes)
     rng = np.random.default_rng([seed, 7919])
     specs = []
     for i in range(n_subjects):
@@ -936,7 +937,7 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
                           n_subjects: int | None = None, seed: int = 0,
                           shared_data: str | Path | None = None,
                           space: str = "MNI152NLin2009cAsym", dtype: str = "float32",
-                          compress: bool = True) -> dict:
+                          compress: bool = True, n_volumes: int | None = None) -> dict:
     """Write a synthetic fMRIPrep derivatives dataset and return its manifest.
 
     Parameters
@@ -962,6 +963,9 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
         On-disk data type of BOLD images (int16 uses scl_slope).
     compress : bool
         Write ``.nii.gz`` (default) or ``.nii``.
+    n_volumes : int, optional
+        Length of every run (default: the preset's), e.g. to benchmark memory against run
+        length. At least 30.
 
     Returns
     -------
@@ -982,12 +986,15 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
     n_sub = preset.n_subjects if n_subjects is None else int(n_subjects)
     if n_sub < 1:
         raise ValueError("n_subjects must be at least 1")
+    if n_volumes is not None and int(n_volumes) < 30:
+        raise ValueError(f"n_volumes must be at least 30, not {n_volumes}")
     root = Path(out_dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
     shared_dir = resolve_shared_data(shared_data)
     anat = build_anatomy(preset.voxel_size, None if shared_dir is None else str(shared_dir),
                          seed)
-    subjects = _subject_specs(size, n_sub, seed)
+    subjects = _subject_specs(size, n_sub, seed,
+                              None if n_volumes is None else int(n_volumes))
     space_code = 4 if space.upper().startswith("MNI") else 2
     res_ent = "_res-2" if (preset.voxel_size == 2.0 and space == "MNI152NLin2009cAsym") else ""
     ext = ".nii.gz" if compress else ".nii"

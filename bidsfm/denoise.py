@@ -1,18 +1,18 @@
 """Cleaning ROI time series: detrend, band-pass, confound regression, censoring, z-scoring.
 
-:func:`clean_signals` applies to region signals exactly what ``NiftiLabelsMasker`` applies
-(it calls :func:`nilearn.signal.clean` with the same arguments), with three additions:
+:func:`clean_signals` applies to region signals what ``NiftiLabelsMasker`` applies (the same
+steps as :func:`nilearn.signal.clean`, re-implemented with numpy/scipy in :mod:`bidsfm.clean`
+so that processing a run never imports nilearn), with three additions:
 
 * all-NaN ROI columns (low-coverage ROIs, written as ``n/a``) are set aside and come back
   all-NaN, without touching the other columns;
 * bad parameters (a band edge at or above Nyquist, ...) are one-line :class:`ConfigError`;
-* censored volumes are interpolated before filtering by bidsfm itself. nilearn 0.14's own
-  interpolation indexes the volumes to fill with ``~sample_mask`` on an integer index array
-  (i.e. ``-i-1``), so it only fills censored volume ``j`` when volume ``n-1-j`` is retained,
-  and it can shift the output when volumes are removed at both ends of the run. Doing the
-  (identical) cubic-spline interpolation first, on the span between the first and the last
-  retained volume, makes nilearn's pass a no-op; where nilearn's indexing happens to be right
-  the result is the same as nilearn's.
+* every censored volume is interpolated before filtering. nilearn 0.14's own interpolation
+  indexes the volumes to fill with ``~sample_mask`` on an integer index array (i.e. ``-i-1``),
+  so it only fills censored volume ``j`` when volume ``n-1-j`` is retained, and it can shift
+  the output when volumes are removed at both ends of the run. bidsfm fills every censored
+  volume with the same cubic spline, on the span between the first and the last retained
+  volume; where nilearn's indexing happens to be right the result is the same as nilearn's.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def clean_signals(
 ) -> np.ndarray:
     """Denoise ROI time series as ``NiftiLabelsMasker`` cleans its region signals.
 
-    Order (nilearn's): interpolate censored volumes (only when filtering), detrend signals
-    and confounds, Butterworth band-pass both, drop censored volumes, regress out the
-    (z-scored) confounds, standardize.
+    Order (nilearn's, see :mod:`bidsfm.clean`): interpolate censored volumes (only when
+    filtering), detrend signals and confounds, Butterworth band-pass both, drop censored
+    volumes, regress out the (z-scored) confounds, standardize.
 
     Parameters
     ----------
@@ -108,35 +108,21 @@ def clean_signals(
             remedy="Exclude this run or relax censoring")
 
     y = x[:, good]
-    filtering = low_pass is not None or high_pass is not None
-    if filtering and mask.size < n_vol:
-        y, conf, mask = _interpolate_censored(y, conf, mask, t_r)
-    pass_mask = None if mask.size == y.shape[0] else mask.copy()
+    if low_pass is not None or high_pass is not None:
+        from .clean import butterworth_sos, min_samples_for_filter
 
-    from nilearn.signal import clean
-
-    try:
-        cleaned = clean(
-            y,
-            detrend=detrend,
-            standardize=std,
-            sample_mask=pass_mask,
-            confounds=conf,
-            standardize_confounds=True,
-            filter="butterworth",
-            low_pass=low_pass,
-            high_pass=high_pass,
-            t_r=t_r,
-            ensure_finite=False,
-        )
-    except ValueError as exc:
-        if "padlen" in str(exc):
+        span = int(mask[-1] - mask[0] + 1)
+        need = min_samples_for_filter(butterworth_sos(t_r, low_pass, high_pass))
+        if span < need:
             raise InputDataError(
-                f"{y.shape[0]} volumes are too few for Butterworth filtering "
-                f"(low_pass={low_pass}, high_pass={high_pass})",
-                remedy="Disable the band-pass filter for short runs, or exclude the run",
-            ) from None
-        raise
+                f"{span} volumes are too few for Butterworth filtering "
+                f"(low_pass={low_pass}, high_pass={high_pass}; at least {need} needed)",
+                remedy="Disable the band-pass filter for short runs, or exclude the run")
+    from .clean import clean
+
+    cleaned = clean(y, t_r=t_r, confounds=conf,
+                    sample_mask=None if mask.size == n_vol else mask, detrend=detrend,
+                    standardize=std, low_pass=low_pass, high_pass=high_pass)
     out[:, good] = np.asarray(cleaned, dtype=np.float64)
     return out
 
@@ -257,24 +243,3 @@ def _sample_mask(sample_mask: np.ndarray | None, n_vol: int) -> np.ndarray:
             f"sample mask must hold increasing volume indices within 0..{n_vol - 1}",
             remedy="Pass ConfoundSelection.sample_mask for this run")
     return mask
-
-
-def _interpolate_censored(
-    y: np.ndarray, conf: np.ndarray | None, mask: np.ndarray, t_r: float
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Cut to the retained span and fill censored volumes by cubic splines (as nilearn does)."""
-    from scipy.interpolate import CubicSpline
-
-    first, last = int(mask[0]), int(mask[-1])
-    local = mask - first
-    y = y[first:last + 1].copy()
-    conf = None if conf is None else conf[first:last + 1].copy()
-    n_span = y.shape[0]
-    if local.size < n_span:
-        times = np.arange(n_span) * t_r
-        censored = np.setdiff1d(np.arange(n_span), local)
-        for arr in (y, conf):
-            if arr is not None:
-                spline = CubicSpline(times[local], arr[local], extrapolate=False)
-                arr[censored] = spline(times[censored])
-    return y, conf, local

@@ -1,8 +1,9 @@
 """Find the preprocessed BOLD runs of the requested participants in an fMRIPrep dataset.
 
-The index is built with pybids, restricted to the requested participants by an ignore regex so
-that a job for one subject of a 10,000-subject tree only walks that subject's folder. Metadata
-(RepetitionTime) is read lazily from the BOLD sidecar, not indexed.
+The index is built with pybids on a view of the dataset holding only the requested
+participants' folders (symlinks), so that a job for one subject of a 10,000-subject tree only
+walks that subject's folder (pybids would otherwise check every root entry against its ignore
+patterns). Metadata (RepetitionTime) is read lazily from the BOLD sidecar, not indexed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,8 +218,44 @@ def list_participants(fmriprep_dir: Path) -> list[str]:
     return sorted(out)
 
 
-def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path | None):
+def _participant_view(fmriprep_dir: Path, participants: list[str], where: Path) -> Path | None:
+    """A folder with the top-level files and the participants' folders only, as symlinks.
+
+    pybids checks every entry of the dataset root against its ignore patterns with slow path
+    objects, so on a 5,000-subject tree even the ignored ``sub-*`` folders cost seconds.
+    Indexing this view instead walks only the requested participants. Returns None when
+    symlinks cannot be made (the caller indexes the real root).
+    """
+    view = where / "view"
+    try:
+        if view.exists():
+            shutil.rmtree(view)
+        view.mkdir(parents=True)
+        with os.scandir(fmriprep_dir) as it:
+            for entry in it:
+                if entry.is_file() and not entry.name.endswith(".html"):  # .html: ignored
+                    (view / entry.name).symlink_to(entry.path)
+        for label in participants:
+            folder = fmriprep_dir / f"sub-{label}"
+            if folder.is_dir():
+                (view / folder.name).symlink_to(folder, target_is_directory=True)
+    except OSError as exc:
+        LOGGER.debug("cannot build a participant view in %s (%s); indexing %s", where, exc,
+                     fmriprep_dir)
+        shutil.rmtree(view, ignore_errors=True)
+        return None
+    return view
+
+
+def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path | None, *,
+                 view: bool = True):
     """Index ``fmriprep_dir`` with pybids, restricted to ``participants``.
+
+    With participants given, pybids indexes a view of the dataset (a folder of symlinks to the
+    top-level files and the participants' folders, kept in ``database_dir`` or in a
+    temporary folder removed with the layout or at exit), so the cost does not depend on the
+    number of other participants. Paths returned by the layout are under that view; map them
+    back with :func:`real_path` (:func:`collect_runs` does).
 
     Parameters
     ----------
@@ -226,10 +266,20 @@ def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path
     database_dir : Path or None
         Where to keep the SQLite index. A sub-folder keyed by the root and participants is
         used so that different jobs never share (or corrupt) one database.
+    view : bool
+        Index the participants' view (default). False indexes the real root, excluding the
+        other participants by an ignore pattern only (the former behaviour, kept for the
+        ``benchmarks/discovery_scale.py`` comparison).
+
+    Returns
+    -------
+    bids.BIDSLayout
+        The index; ``layout.root`` is the view when one is used.
     """
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     from bids.layout import BIDSLayout, BIDSLayoutIndexer
 
+    fmriprep_dir = Path(fmriprep_dir).absolute()
     ignore: list[Any] = ["code", "sourcedata", "figures", "log", "logs", "work", "atlases",
                          re.compile(r"^\."), re.compile(r"\.html$")]
     if participants:
@@ -237,15 +287,35 @@ def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path
         ignore.append(re.compile(rf"^/sub-(?!({alt})(/|$))"))
     indexer = BIDSLayoutIndexer(validate=False, index_metadata=False, ignore=ignore)
     kwargs: dict[str, Any] = {}
+    scratch = None  # a temporary folder for the view, removed with the layout
     if database_dir is not None:
         key = hashlib.sha1(
             (str(fmriprep_dir) + "|" + ",".join(participants)).encode()
         ).hexdigest()[:12]
         db = Path(database_dir) / f"layout-{key}"
         db.mkdir(parents=True, exist_ok=True)
-        kwargs["database_path"] = str(db)
-    return BIDSLayout(str(fmriprep_dir), validate=False, config=["bids", "derivatives"],
-                      indexer=indexer, **kwargs)
+        kwargs["database_path"] = str(db / "index")
+        where = db
+    else:
+        scratch = tempfile.mkdtemp(prefix="bidsfm-layout-")
+        where = Path(scratch)
+    root = (_participant_view(fmriprep_dir, participants, where)
+            if participants and view else None)
+    layout = BIDSLayout(str(root or fmriprep_dir), validate=False,
+                        config=["bids", "derivatives"], indexer=indexer, **kwargs)
+    layout._bidsfm_real_root = str(fmriprep_dir)  # for real_path
+    if scratch is not None:
+        weakref.finalize(layout, shutil.rmtree, scratch, True)
+    return layout
+
+
+def real_path(layout, path: str | Path) -> Path:
+    """Map a path returned by a :func:`build_layout` layout back into the real dataset."""
+    real_root = getattr(layout, "_bidsfm_real_root", None)
+    if real_root is None:
+        return Path(path)
+    rel = os.path.relpath(str(path), str(layout.root))
+    return Path(real_root) / rel
 
 
 def read_repetition_time(bold: Path) -> float:
@@ -340,7 +410,7 @@ def collect_runs(layout, fmriprep_dir: Path, participant: str, *, space: str = S
     problems: list[RunProblem] = []
     for bf in by_run.values():
         ents = bf.get_entities()
-        bold = Path(bf.path)
+        bold = real_path(layout, bf.path)
         run_ents = {k: str(ents[k]) for k in RUN_ENTITIES if ents.get(k) is not None}
         label = bold.name
         try:
@@ -382,4 +452,4 @@ def _find_one(layout, run_ents: dict[str, str], bold: Path, *, space: str | None
         raise InputDataError(f"no {what} found for this run (looked for {expected}_*"
                              f"{'space-' + space + '_' if space else ''}desc-{desc}_{suffix}*)",
                              path=bold, remedy=remedy)
-    return Path(sorted(found)[0])
+    return real_path(layout, sorted(found)[0])

@@ -63,11 +63,53 @@ def _read_fc(path: Path, roi_names: list[str]) -> np.ndarray:
     return frame.to_numpy(dtype=np.float32)
 
 
-def _input_hash(model_sha: str, fc_path: Path) -> str:
-    """Hash of the model and the FC file's content (reproducible across output folders)."""
+def _input_hash(model_sha: str, fc_path: Path, extra: str = "") -> str:
+    """Hash of the model, extra heads and the FC file's content (same in any output folder)."""
     from .utils import sha256_file
 
-    return hashlib.sha256(f"{model_sha}|{sha256_file(fc_path)}".encode()).hexdigest()[:16]
+    key = f"{model_sha}|{sha256_file(fc_path)}" + (f"|{extra}" if extra else "")
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _extra_heads_key(model) -> str:
+    """Names and weight hashes of heads added with ``--heads`` (not in the model card)."""
+    bundled = set(model.card.get("heads", {}))
+    return "|".join(f"{n}:{h.info.get('sha256', '')}" for n, h in model.heads.items()
+                    if n not in bundled)
+
+
+def _prediction_row(head, name: str, value) -> dict[str, Any]:
+    """One row of the predictions TSV for a head's output on one run."""
+    from .models.heads import MULTICLASS
+
+    if head.kind == "binary":
+        value = float(value)
+        return {"head": name, "value": head.labels[int(value >= 0.5)], "probability": value,
+                "probability_of": head.labels[1]}
+    if head.kind == MULTICLASS:
+        k = int(np.argmax(value))
+        return {"head": name, "value": head.labels[k], "probability": float(value[k]),
+                "probability_of": head.labels[k]}
+    return {"head": name, "value": f"{float(value):.6g}", "probability": np.nan,
+            "probability_of": np.nan}
+
+
+def _head_attribution(model, fcs: np.ndarray, name: str, preds: np.ndarray,
+                      steps: int) -> np.ndarray:
+    """(B, R) attribution; for a multi-class head, of each run's predicted class."""
+    import dataclasses
+
+    from .models.heads import MULTICLASS
+
+    head = model.heads[name]
+    if head.kind != MULTICLASS:
+        return model.attribution(fcs, name, steps=steps)
+    out = np.full((fcs.shape[0], fcs.shape[1]), np.nan)
+    pred = np.asarray(preds).argmax(axis=1)
+    for k in np.unique(pred):
+        tmp = dataclasses.replace(model, heads={"_k": head.class_head(int(k))})
+        out[pred == k] = tmp.attribution(fcs[pred == k], "_k", steps=steps)
+    return out
 
 
 def _complete(paths: dict[str, Path], phash: str) -> bool:
@@ -151,7 +193,7 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
                             "_qc": paths["qc"]})
             continue
         mpaths = model_paths(run, model.name, atlas, output_dir)
-        phash = _input_hash(model.card.get("sha256", ""), paths["fc"])
+        phash = _input_hash(model.card.get("sha256", ""), paths["fc"], _extra_heads_key(model))
         if _complete(mpaths, phash):
             results.append({"run": run.prefix, "status": "reused", "reason": "",
                             "_qc": paths["qc"]})
@@ -160,33 +202,36 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
     if not todo:
         return results
 
-    fcs = np.stack([_read_fc(item[2], names) for item in todo])
+    if getattr(model, "input_kind", "fc") == "timeseries":
+        # time-series models read each run's denoised series + RepetitionTime (next to the FC)
+        fcs, short = model.read_inputs([item[2] for item in todo])
+        for j in sorted(short, reverse=True):
+            LOGGER.warning("%s: %s", todo[j][0].prefix, short[j])
+            results.append({"run": todo[j][0].prefix, "status": "skipped", "reason": short[j],
+                            "_qc": todo.pop(j)[4]})
+        if not todo:
+            return results
+    else:
+        fcs = np.stack([_read_fc(item[2], names) for item in todo])
     emb = model.encode(fcs, batch_size=batch_size)
     preds = model.head_outputs(emb)
     heads = list(model.heads)
-    attr = {h: model.attribution(fcs, h, steps=attention_steps) for h in heads}
-    emb_cols = [f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
+    attr = {h: _head_attribution(model, fcs, h, preds[h], attention_steps) for h in heads}
+    emb_cols = ([f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
+                if emb.shape[1] % len(names) == 0
+                else [f"emb_{k:03d}" for k in range(emb.shape[1])])
     from .derivatives import write_tsv_atomic
 
     for i, (run, mpaths, fc_path, phash, qc_path) in enumerate(todo):
         write_tsv_atomic(mpaths["embedding"], emb[i][None, :], emb_cols)
-        rows = []
-        for h in heads:
-            head = model.heads[h]
-            value = float(preds[h][i])
-            if head.kind == "binary":
-                rows.append({"head": h, "value": head.labels[int(value >= 0.5)],
-                             "probability": value, "probability_of": head.labels[1]})
-            else:
-                rows.append({"head": h, "value": f"{value:.6g}", "probability": np.nan,
-                             "probability_of": np.nan})
+        rows = [_prediction_row(model.heads[h], h, preds[h][i]) for h in heads]
         with atomic_path(mpaths["predictions"]) as tmp:
             pd.DataFrame(rows, columns=["head", "value", "probability", "probability_of"]
                          ).to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
         att = np.stack([attr[h][i] for h in heads]) if heads else np.zeros((0, len(names)))
         write_tsv_atomic(mpaths["attention"], att.T, heads, index=names, index_name="name")
         statmap = _write_statmap(run, model, att, heads, mpaths)
-        if figures:
+        if figures and heads:
             _write_figure(statmap, heads, run, model.name, model.atlas, output_dir)
         rel = os.path.relpath(fc_path, output_dir)
         write_json_atomic(mpaths["embedding_json"], {
@@ -194,11 +239,21 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
             "Atlas": atlas, "EmbeddingSize": int(emb.shape[1]),
             "Sources": [bids_uri("", rel)], "ParametersHash": phash,
             "Heads": {h: model.heads[h].meta() for h in heads},
-            "Attribution": "integrated gradients from the all-zero FC baseline, "
-                           f"{attention_steps} steps; per-ROI sum over the ROI's FC row",
+            "Attribution": _attribution_text(model, attention_steps),
         })
         results.append({"run": run.prefix, "status": "ok", "reason": "", "_qc": qc_path})
     return results
+
+
+def _attribution_text(model, steps: int) -> str:
+    """How the attention scores of ``model`` were computed (for the embedding sidecar)."""
+    if getattr(model, "input_kind", "fc") == "timeseries":
+        return (f"integrated gradients over the model's input windows (resampled, normalised "
+                f"ROI time series) from an all-zero baseline, {steps} steps; per-ROI sum over "
+                "the ROI's time points, averaged over windows")
+    return (f"integrated gradients from the model's reference FC baseline (mean training FC; "
+            f"all-zero if the model has none), {steps} steps; "
+            "per-ROI sum over the ROI's FC row")
 
 
 def _write_statmap(run: BoldRun, model, att: np.ndarray, heads: list[str],
@@ -209,7 +264,7 @@ def _write_statmap(run: BoldRun, model, att: np.ndarray, heads: list[str],
     from .atlases import resample_labels, resolve_atlas
 
     img = nib.load(run.bold)
-    atlas = resolve_atlas(model.atlas, space=run.space)
+    atlas = resolve_atlas(model.atlas_spec, space=run.space)
     labels, _ = resample_labels(atlas, img.affine, tuple(img.shape[:3]), target_space=run.space)
     index = atlas.labels["index"].to_numpy()
     lookup = np.zeros(int(max(index.max(), labels.max())) + 1, dtype=np.int64)

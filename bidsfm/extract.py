@@ -9,14 +9,15 @@ not by the number of volumes. Several atlases are served by the same pass.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputDataError
+from .errors import ConfigError, InputDataError
 
-#: Memory (MB) a run's process needs whatever the data: Python, numpy, nibabel, pandas, nilearn.
+#: Memory (MB) a run's process needs whatever the data: Python, numpy, scipy, nibabel, pandas.
 BASE_MEMORY_MB = 300
 #: ROIs assumed by :func:`estimate_memory_mb` when the atlases are not known yet.
 DEFAULT_ROIS_FOR_ESTIMATE = 1000
@@ -171,29 +172,94 @@ def open_bold(bold_path: str | Path):
     return img
 
 
-def _open_stream(path: str | Path):
-    """Open a NIfTI file as a byte stream, decompressing gzip with isal when available."""
+#: Environment variable choosing the gzip decoder (``isal``, ``isal-threaded`` or ``zlib``).
+DECODER_ENV = "BIDSFM_GZIP_DECODER"
+DECODERS = ("isal", "isal-threaded", "zlib")
+
+
+def gzip_decoder() -> str:
+    """Name of the gzip decoder :func:`open_stream` uses: ``isal``, ``isal-threaded``, ``zlib``.
+
+    The default is python-isal's single-thread reader (``isal.igzip``, Intel ISA-L), else the
+    standard library's zlib. ``isal-threaded`` (python-isal's reader decompressing in a
+    background thread, outside the GIL, so that decoding overlaps the projection of the
+    previous volume) is opt-in through :data:`DECODER_ENV`: on the shared 2-core machine of
+    ``docs/performance.md`` it was not faster than the single-thread reader, and a job given
+    one core gains nothing from a second thread.
+    """
+    forced = os.environ.get(DECODER_ENV, "").strip()
+    if forced:
+        if forced not in DECODERS:
+            raise ConfigError(f"{DECODER_ENV}={forced!r} is not a gzip decoder",
+                              remedy=f"Use one of {', '.join(DECODERS)}, or unset it")
+        return forced
+    try:
+        from isal import igzip  # noqa: F401
+    except ImportError:  # pragma: no cover - isal is a dependency; this is a fallback
+        return "zlib"
+    return "isal"
+
+
+def open_stream(path: str | Path, block_size: int = 1 << 20, decoder: str | None = None):
+    """Open a NIfTI file as a sequential byte stream, decompressing gzip on the fly.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii`` or ``.nii.gz`` file (gzip is recognised by its magic bytes, not the name).
+    block_size : int
+        Block size of the threaded decoder (python-isal queues at most two decoded blocks
+        ahead of the reader, and buffers 8 blocks of compressed input).
+    decoder : str, optional
+        Force ``isal``, ``isal-threaded`` or ``zlib`` (default: :func:`gzip_decoder`).
+
+    Returns
+    -------
+    file object
+        Binary stream supporting ``read`` and ``readinto``.
+    """
     path = str(path)
     with open(path, "rb") as probe:
         gz = probe.read(2) == b"\x1f\x8b"
     if not gz:
         return open(path, "rb")
-    try:
+    decoder = decoder or gzip_decoder()
+    if decoder == "isal-threaded":
+        from isal import igzip_threaded
+
+        return igzip_threaded.open(path, "rb", threads=1, block_size=max(int(block_size), 1))
+    if decoder == "isal":
         from isal import igzip
 
         return igzip.open(path, "rb")
-    except ImportError:  # pragma: no cover - isal is a dependency, this is a fallback
-        import gzip
+    import gzip
 
-        return gzip.open(path, "rb")
+    return gzip.open(path, "rb")
 
 
-def iter_volumes(bold_path: str | Path, img=None):
+def iter_volumes(bold_path: str | Path, img=None, mask: np.ndarray | None = None):
     """Yield the volumes of a 4D NIfTI one at a time, as flat float64 arrays (Fortran order).
 
-    The file is read sequentially once (no seeking in the compressed stream), applying the
-    header's scaling (``scl_slope``/``scl_inter``) and byte order, so memory stays at one
-    volume whatever the run length.
+    The file is read sequentially once (no seeking in the compressed stream) from the data
+    offset nibabel found (``img.dataobj.offset``; the header's ``vox_offset`` may read 0 once
+    loaded), applying the scaling (``scl_slope``/``scl_inter``, also from the proxy: nibabel
+    resets them in ``img.header``) and byte order, so
+    memory stays at a few volumes whatever the run length.
+
+    Parameters
+    ----------
+    bold_path : str or Path
+        4D NIfTI, ``.nii`` or ``.nii.gz``.
+    img : nibabel image, optional
+        The image opened by :func:`open_bold` (opened here when omitted).
+    mask : numpy.ndarray, optional
+        3D boolean mask (or its Fortran-order flattening): yield only these voxels. They are
+        selected before the conversion to float64, which is then done on the mask only.
+
+    Yields
+    ------
+    numpy.ndarray
+        One volume (or its in-mask voxels), float64.
 
     Raises
     ------
@@ -206,13 +272,25 @@ def iter_volumes(bold_path: str | Path, img=None):
     dtype = np.dtype(getattr(img.dataobj, "dtype", header.get_data_dtype()))
     n_vox = int(np.prod(shape[:3]))
     nbytes = n_vox * dtype.itemsize
-    slope, inter = header.get_slope_inter()
+    # nibabel moves scl_slope/scl_inter (and the data offset) into the array proxy when it
+    # loads an image and resets them in ``img.header``: read them from the proxy.
+    proxy = img.dataobj
+    if hasattr(proxy, "slope") and hasattr(proxy, "inter"):
+        slope, inter = proxy.slope, proxy.inter
+    else:
+        slope, inter = header.get_slope_inter()
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
-    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
+    offset = int(getattr(proxy, "offset", header.get_data_offset()))
+    flat_mask = None if mask is None else np.asarray(mask, dtype=bool).ravel(order="F")
+    if flat_mask is not None and flat_mask.size != n_vox:
+        raise ValueError(f"mask has {flat_mask.size} voxels, the image volumes {n_vox}")
+    # integer indices: np.take is several times faster than boolean indexing per volume
+    index = None if flat_mask is None else np.flatnonzero(flat_mask)
     buf = bytearray(nbytes)
     view = memoryview(buf)
-    with _open_stream(bold_path) as stream:
+    raw = np.frombuffer(buf, dtype=dtype)
+    with open_stream(bold_path) as stream:
         remaining = offset
         while remaining > 0:
             chunk = stream.read(min(remaining, 1 << 20))
@@ -228,7 +306,7 @@ def iter_volumes(bold_path: str | Path, img=None):
                         f"file ends in volume {t} of {shape[3]} (truncated)", path=bold_path,
                         remedy="Re-copy the file or rerun fMRIPrep for this run")
                 got += n
-            vol = np.frombuffer(buf, dtype=dtype).astype(np.float64)
+            vol = (raw if index is None else raw.take(index)).astype(np.float64)
             if slope != 1.0:
                 vol *= slope
             if inter != 0.0:
@@ -263,13 +341,12 @@ def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
     """
     img = open_bold(bold_path) if img is None else img
     n_vol = img.shape[3]
-    flat_mask = mask.ravel(order="F")
+    flat_mask = np.asarray(mask, dtype=bool).ravel(order="F")
     outs = [np.empty((n_vol, p.n_in_mask.size), dtype=np.float64) for p in projections]
     denoms = [np.where(p.n_in_mask > 0, p.n_in_mask, 1).astype(np.float64) for p in projections]
     empty = [p.n_in_mask == 0 for p in projections]
     try:
-        for t, vol in enumerate(iter_volumes(bold_path, img)):
-            vol = vol[flat_mask]
+        for t, vol in enumerate(iter_volumes(bold_path, img, mask=flat_mask)):
             if not np.isfinite(vol).all():
                 bad = int((~np.isfinite(vol)).sum())
                 raise InputDataError(f"volume {t} has {bad} non-finite (NaN/Inf) voxels inside "

@@ -81,6 +81,11 @@ class _EncodeInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="bidsfm derivatives root")
     omp_nthreads = traits.Int(1, usedefault=True, desc="CPU threads for torch")
     batch_size = traits.Int(64, usedefault=True, desc="FC matrices per forward pass")
+    heads = traits.List(traits.Str, usedefault=True,
+                        desc="extra heads (--heads) as NAME=PATH of group-level head folders")
+    heads_stamp = traits.Str("", usedefault=True,
+                             desc="sha256 of the extra heads' weights, so that Nipype's cache "
+                                  "notices a refitted head")
 
 
 class _EncodeOutputSpec(TraitedSpec):
@@ -119,6 +124,12 @@ class EncodeParticipant(SimpleInterface):
                     f"cannot load the model ({type(exc).__name__}: {exc})",
                     path=self.inputs.model, remedy="Use a model folder written by bidsfm "
                     "(card.json + weights.safetensors), or reinstall bidsfm") from None
+            if self.inputs.heads:
+                from .group.heads_io import load_head
+
+                for spec in self.inputs.heads:
+                    name, _, path = spec.partition("=")
+                    model.heads[name] = load_head(path, model.card, name=name)
             results = encode_participant(runs, model, self.inputs.output_dir,
                                          batch_size=self.inputs.batch_size)
         except BidsfmError as err:
@@ -145,6 +156,19 @@ def _stamp(run: BoldRun) -> str:
     return "|".join(out)
 
 
+def heads_stamp(heads: list[str]) -> str:
+    """Names and weight hashes of the ``--heads`` (from their cards)."""
+    out = []
+    for spec in heads:
+        name, _, path = spec.partition("=")
+        try:
+            card = json.loads((Path(path) / "card.json").read_text())
+            out.append(f"{name}:{card.get('sha256', '')}")
+        except (OSError, ValueError):
+            out.append(f"{name}:unreadable")
+    return "|".join(out)
+
+
 def _estimate_mem_gb(run: BoldRun) -> float:
     """Memory hint for schedulers (GB), from :func:`bidsfm.extract.estimate_memory_mb`."""
     from .extract import estimate_memory_mb
@@ -167,7 +191,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                         output_dir: str | Path, *, dataset_name: str = "preprocessed",
                         omp_nthreads: int = 1, name: str | None = None,
                         model: str | None = None, device: str = "cpu",
-                        batch_size: int = 64, mem_mb: int | None = None) -> pe.Workflow:
+                        batch_size: int = 64, mem_mb: int | None = None,
+                        heads: list[str] | None = None) -> pe.Workflow:
     """Build the workflow of one participant: one :class:`ProcessRun` node per BOLD run.
 
     Parameters
@@ -194,6 +219,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         FC matrices per forward pass of the model.
     mem_mb : int, optional
         Memory available (``--mem-mb``): a run estimated to need more fails with a message.
+    heads : list of str, optional
+        Extra heads (``NAME=PATH`` of group-level head folders) applied with the model's own.
     """
     from nipype.interfaces import utility as niu
 
@@ -214,7 +241,9 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
             wf.connect(node, "results", merge, f"in{i}")
         encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
                                            device=device, output_dir=str(output_dir),
-                                           omp_nthreads=omp_nthreads, batch_size=batch_size),
+                                           omp_nthreads=omp_nthreads, batch_size=batch_size,
+                                           heads=list(heads or []),
+                                           heads_stamp=heads_stamp(list(heads or []))),
                          name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
         wf.connect(merge, "out", encode, "run_results")
     return wf
@@ -224,7 +253,7 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                    output_dir: str | Path, work_dir: str | Path, *,
                    dataset_name: str = "preprocessed", omp_nthreads: int = 1,
                    model: str | None = None, device: str = "cpu", batch_size: int = 64,
-                   mem_mb: int | None = None) -> pe.Workflow:
+                   mem_mb: int | None = None, heads: list[str] | None = None) -> pe.Workflow:
     """Top-level workflow: one sub-workflow per participant, base dir under the work dir."""
     wf = pe.Workflow(name="bidsfm_wf", base_dir=str(work_dir))
     crash_dir = Path(work_dir) / "crash"
@@ -242,7 +271,7 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                                               dataset_name=dataset_name,
                                               omp_nthreads=omp_nthreads, model=model,
                                               device=device, batch_size=batch_size,
-                                              mem_mb=mem_mb)])
+                                              mem_mb=mem_mb, heads=heads)])
     return wf
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install bidsfm into .venv, generate the demo fMRIPrep dataset and run bidsfm on it.
+# Install bidsfm into .venv, generate the demo fMRIPrep dataset (6 participants, 3 sites) and run
+# bidsfm on it: the participant level, then the group level (heads on participants.tsv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -13,20 +14,32 @@ if [ -f "$SHARED/atlases/CC200.nii.gz" ]; then
   .venv/bin/bidsfm-atlas seed CC200 "$SHARED/atlases/CC200.nii.gz"
 fi
 echo "== Generating the demo fMRIPrep dataset in $DEMO/fmriprep"
-.venv/bin/bidsfm-demo "$DEMO/fmriprep" --size small --shared-data "$SHARED"
+.venv/bin/bidsfm-demo "$DEMO/fmriprep" --size small --n-subjects 6 --shared-data "$SHARED"
 echo "== Running bidsfm (participant level)"
 set +e
 .venv/bin/bidsfm "$DEMO/fmriprep" "$DEMO/bidsfm" participant -w "$DEMO/work" --nprocs 2
 code=$?
+echo "== Running bidsfm (group level)"
+.venv/bin/bidsfm "$DEMO/fmriprep" "$DEMO/bidsfm" group -w "$DEMO/work" \
+    --target diagnosis --target age --group-column site --reference diagnosis=TC
+gcode=$?
 set -e
 echo
-echo "== bidsfm exited with code $code"
+echo "== bidsfm exited with code $code (participant level) and $gcode (group level)"
 echo "Outputs (BIDS derivatives): $DEMO/bidsfm"
 find "$DEMO/bidsfm" -name '*_timeseries.tsv' | sort | sed 's/^/  /' | head -20
 echo "Each run has: *_stat-mean_timeseries.tsv(.json), *_stat-coverage_bold.tsv,"
 echo "  *_meas-PearsonCorrelation_relmat.tsv (+ desc-fisherz), *_qc.tsv(.json),"
 echo "  and from the bundled model: *_desc-bidsfmfc_{embedding,predictions,attention}.tsv,"
 echo "  *_desc-bidsfmfc_stat-attention_statmap.nii.gz. See docs/outputs.md and docs/models.md."
-pred=$(find "$DEMO/bidsfm" -name '*_predictions.tsv' | sort | head -1)
+pred=$(find "$DEMO/bidsfm" -path '*/func/*' -name '*_predictions.tsv' | sort | head -1)
 if [ -n "$pred" ]; then echo "Example predictions ($(basename "$pred")):"; sed 's/^/  /' "$pred"; fi
-exit $code
+echo "Reports (open in a browser, work offline):"
+find "$DEMO/bidsfm" -maxdepth 1 -name '*.html' | sort | sed 's/^/  /'
+echo "Group tables, heads and metrics: $DEMO/bidsfm/group (see docs/group.md)"
+for m in "$DEMO"/bidsfm/group/target-*/metrics.tsv; do
+  [ -f "$m" ] && { echo "  $(basename "$(dirname "$m")") (6 participants: a smoke test, not a result):"; sed 's/^/    /' "$m"; }
+done
+echo "Methods text with citations: $DEMO/bidsfm/logs/CITATION.md"
+if [ "$code" -ne 0 ]; then exit "$code"; fi
+exit "$gcode"

@@ -2,6 +2,7 @@
 # Install everything into .venv and run the test suite (and the linter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup_system.sh
 bash scripts/setup_env.sh
 export NIPYPE_NO_ET=1
 # tests never touch the network or the user's caches

@@ -39,7 +39,7 @@ def test_expand_greedy(argv, expected):
     assert expand_greedy(argv) == expected
 
 
-def test_group_level_not_available(tmp_path):
+def test_group_level_without_outputs(tmp_path):
     from click.testing import CliRunner
 
     from bidsfm.cli import cli
@@ -47,7 +47,20 @@ def test_group_level_not_available(tmp_path):
     (tmp_path / "in").mkdir()
     r = CliRunner().invoke(cli, [str(tmp_path / "in"), str(tmp_path / "out"), "group"])
     assert r.exit_code == 2
-    assert "not available yet" in r.output
+    assert "no participant outputs" in r.output and "Run the participant level" in r.output
+    assert not (tmp_path / "out" / "group").exists()
+
+
+def test_group_level_bad_target_spec(tmp_path):
+    from click.testing import CliRunner
+
+    from bidsfm.cli import cli
+
+    (tmp_path / "in").mkdir()
+    r = CliRunner().invoke(cli, [str(tmp_path / "in"), str(tmp_path / "out"), "group",
+                                 "--target", "age:ordinal"])
+    assert r.exit_code == 2
+    assert "unknown task type 'ordinal'" in r.output
 
 
 def test_missing_input_dir(tmp_path):

@@ -105,3 +105,108 @@ def test_nonfinite_voxels(tmp_path):
     m = load_mask(mpath, img.affine, img.shape)
     with pytest.raises(InputDataError, match="non-finite"):
         extract_roi_signals(p, m, [project_labels(labels, np.arange(1, 7), m)], img=img)
+
+
+def _write(tmp_path, data, name, dtype, *, slope=None, extension=False):
+    img = nib.Nifti1Image(data.astype(dtype), AFFINE)
+    if slope is not None:
+        img.header.set_slope_inter(*slope)
+    if extension:  # a header extension moves the data offset beyond 352
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 1000))
+    path = tmp_path / name
+    img.to_filename(path)
+    return path
+
+
+@pytest.mark.parametrize("name,dtype,slope,extension", [
+    ("f64be.nii", ">f8", None, False),
+    ("f64.nii.gz", "<f8", None, True),
+    ("i16.nii", "<i2", (0.5, -3.0), True),
+    ("i16be.nii.gz", ">i2", (2.0, 10.0), False),
+    ("u8.nii.gz", "u1", None, False),
+])
+def test_iter_volumes_equals_nibabel(tmp_path, name, dtype, slope, extension):
+    from bidsfm.extract import iter_volumes
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 200, size=(5, 6, 4, 7)).astype(np.float64)
+    path = _write(tmp_path, data, name, dtype, slope=slope, extension=extension)
+    img = open_bold(path)
+    if extension:
+        assert img.dataobj.offset > 352
+    ref = img.get_fdata()
+    vols = list(iter_volumes(path, img))
+    assert len(vols) == 7
+    for t, vol in enumerate(vols):
+        assert vol.dtype == np.float64
+        np.testing.assert_array_equal(vol, ref[..., t].ravel(order="F"))
+    mask = ref[..., 0] > 100
+    for t, vol in enumerate(iter_volumes(path, img, mask=mask)):
+        np.testing.assert_array_equal(vol, ref[..., t].ravel(order="F")[mask.ravel(order="F")])
+
+
+@pytest.mark.parametrize("decoder", ["isal-threaded", "isal", "zlib"])
+def test_decoders_agree(tmp_path, decoder, monkeypatch):
+    from bidsfm.extract import DECODER_ENV, gzip_decoder, open_stream
+
+    monkeypatch.delenv(DECODER_ENV, raising=False)
+    assert gzip_decoder() == "isal"  # python-isal's single-thread reader by default
+    bold, *_ = _make(tmp_path)
+    import gzip
+
+    expected = gzip.decompress(bold.read_bytes())
+    with open_stream(bold, block_size=4096, decoder=decoder) as stream:
+        assert stream.read() == expected
+    with open_stream(tmp_path / "mask.nii.gz", decoder=decoder) as stream:
+        assert stream.read(4)[:4] == expected[:4]  # sizeof_hdr = 348 in both headers
+
+
+@pytest.mark.parametrize("decoder", ["isal", "isal-threaded"])
+def test_memory_does_not_grow_with_volumes(tmp_path, decoder, monkeypatch):
+    """Peak traced allocation of the extraction is the same for 30 and 240 volumes."""
+    import tracemalloc
+
+    from bidsfm.extract import DECODER_ENV
+
+    monkeypatch.setenv(DECODER_ENV, decoder)
+    rng = np.random.default_rng(5)
+    shape = (30, 30, 30)
+    labels = rng.integers(0, 20, size=shape).astype(np.int16)
+    mask = np.ones(shape, dtype=bool)
+    proj = project_labels(labels, np.arange(1, 20), mask)
+    peaks = []
+    for n_vol in (30, 240):
+        path = tmp_path / f"bold{n_vol}.nii.gz"
+        data = rng.normal(size=(*shape, n_vol)).astype(np.float32)
+        nib.Nifti1Image(data, AFFINE).to_filename(path)
+        del data
+        img = open_bold(path)
+        tracemalloc.start()
+        extract_roi_signals(path, mask, [proj], img=img)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # holding the 210 extra volumes would add 22.7 MB (float32) or 45 MB (float64); the
+    # decoder's fixed buffers (a few MB, filled depending on thread timing) are allowed for
+    extra = 210 * 30**3 * 4
+    assert peaks[1] - peaks[0] < extra / 5, peaks
+    assert peaks[1] < 16 * 2**20, peaks
+
+
+def test_decoder_forced_by_environment(tmp_path, monkeypatch):
+    from bidsfm.errors import ConfigError
+    from bidsfm.extract import DECODER_ENV, gzip_decoder
+
+    bold, mpath, _lpath, labels, _mask = _make(tmp_path)
+    img = open_bold(bold)
+    m = load_mask(mpath, img.affine, img.shape)
+    proj = project_labels(labels, np.arange(1, 7), m)
+    results = []
+    for name in ("isal", "zlib", "isal-threaded"):
+        monkeypatch.setenv(DECODER_ENV, name)
+        assert gzip_decoder() == name
+        results.append(extract_roi_signals(bold, m, [proj], img=img)[0])
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    monkeypatch.setenv(DECODER_ENV, "pigz")
+    with pytest.raises(ConfigError, match=DECODER_ENV):
+        gzip_decoder()

@@ -120,3 +120,29 @@ def test_min_time_skips_with_reason(tmp_path, tiny_ds):
     assert qc.loc[0, "status"] == "skipped"
     assert "--min-time" in qc.loc[0, "reason"]
     assert not paths["timeseries"].exists()
+
+
+def test_process_run_does_not_import_nilearn(tmp_path, tiny_ds):
+    """The per-run hot path (extraction, cleaning with a band-pass and censoring, FC) runs in a
+    fresh process without importing nilearn (or scikit-learn)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run = _run(tiny_ds, "03", lambda r: r.entities.get("run") == "2")
+    code = (
+        "import json, sys\n"
+        "from bidsfm.discovery import BoldRun\n"
+        "from bidsfm.pipeline import ProcessingOptions, process_run\n"
+        "run = BoldRun.from_dict(json.loads(sys.argv[1]))\n"
+        "opts = ProcessingOptions(strategy='scrubbing', min_time=0, lower_bpf=0.01,"
+        " upper_bpf=0.08)\n"
+        "(res,) = process_run(run, opts, sys.argv[2])\n"
+        "assert res.status == 'ok', res.reason\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nilearn', 'sklearn'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(run.to_dict()),
+                          str(tmp_path / "out")], capture_output=True, text=True,
+                         env=dict(os.environ), check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

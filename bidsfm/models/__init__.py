@@ -8,21 +8,34 @@ Modules
     Self-supervised pretraining of that encoder (latent representation alignment + Mask-ROI
     modelling), safetensors save/load and the ``bidsfm-pretrain`` command.
 
+``bidsfm.models.brainjepa``
+    Brain-JEPA-style time-series encoder (Dong et al., NeurIPS 2024): (ROI, time-patch)
+    tokens, brain-gradient positioning, official ViT-S/B/L layouts.
+``bidsfm.models.jepa``
+    JEPA pretraining of that encoder with spatiotemporal masking
+    (``bidsfm-pretrain --family brainjepa``).
+``bidsfm.models.gradients``
+    Functional gradients (diffusion maps) of any atlas (``bidsfm-gradients``).
+``bidsfm.models.resample``
+    TR-aware input of time-series models: resampling, normalisation, windows.
 ``bidsfm.models.registry``
-    Bundled models (weights + card), :class:`~bidsfm.models.registry.FoundationModel`.
+    Bundled models (weights + card): :class:`~bidsfm.models.registry.FoundationModel` (FC
+    input, family ``brainmass``) and :class:`~bidsfm.models.registry.TimeSeriesModel`
+    (time-series input, family ``brainjepa``), chosen by the card's ``family``.
 
-Notebook API::
+Notebook API (the same for both kinds of model)::
 
     import bidsfm.models
-    bidsfm.models.available()                      # ['bidsfmfc']
+    bidsfm.models.available()                      # ['bidsfmfc', 'bidsfmts']
     model = bidsfm.models.load("bidsfmfc", device="auto")
     emb = model.embed(timeseries, repetition_times)          # (n_runs, 1600)
     table = model.predict(timeseries, repetition_times)      # one row per run
     att = model.attention(timeseries, repetition_times, "diagnosis")  # (n_runs, n_rois)
 
 ``timeseries`` is a list of (n_volumes, n_rois) arrays in the model's ROI order (NaN columns
-for missing ROIs). Torch is imported only when a model is loaded, so ``import bidsfm.models``
-stays light.
+for missing ROIs); ``repetition_times`` (seconds, one per run) are required by time-series
+models, which resample every run to their target TR. Torch is imported only when a model is
+loaded, so ``import bidsfm.models`` stays light.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ def load(name_or_path: str | Path = "bidsfmfc", device: str = "auto") -> Any:
 
     Returns
     -------
-    bidsfm.models.registry.FoundationModel
+    bidsfm.models.registry.FoundationModel or bidsfm.models.registry.TimeSeriesModel
     """
     from .pretrain import resolve_device
     from .registry import load_model

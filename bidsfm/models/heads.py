@@ -1,7 +1,8 @@
 """Prediction heads on frozen embeddings: linear models stored as plain tensors.
 
 A head is a standardisation (mean, scale) followed by a linear map: a logistic model for binary
-targets (probability of the positive label) or a ridge model for continuous targets. Heads are
+targets (probability of the positive label), a multinomial logistic model for multi-class targets
+(one probability per class) or a ridge model for continuous targets. Heads are
 fitted with scikit-learn and then reduced to arrays, so they are saved with safetensors (no
 pickled scikit-learn objects) and can be differentiated through with torch for attribution.
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-BINARY, REGRESSION = "binary", "regression"
+BINARY, REGRESSION, MULTICLASS = "binary", "regression", "multiclass"
 _C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 _ALPHA_GRID = tuple(float(a) for a in np.logspace(0, 5, 11))
 
@@ -30,15 +31,16 @@ class LinearHead:
     name : str
         Head name (e.g. ``"diagnosis"``).
     kind : str
-        ``"binary"`` or ``"regression"``.
+        ``"binary"``, ``"multiclass"`` or ``"regression"``.
     labels : list of str
-        For binary heads, ``[negative, positive]``; the score is P(positive).
+        For binary heads, ``[negative, positive]``; the score is P(positive). For multi-class
+        heads, the classes in the order of the rows of ``coef``.
     mean, scale : np.ndarray
         Standardisation of the embedding, shape (E,).
     coef : np.ndarray
-        Weights on the standardised embedding, shape (E,).
-    intercept : float
-        Bias.
+        Weights on the standardised embedding, shape (E,) or (K, E) for multi-class heads.
+    intercept : float or np.ndarray
+        Bias (shape (K,) for multi-class heads).
     info : dict
         Hyper-parameters and validation figures (for the model card).
     """
@@ -49,20 +51,37 @@ class LinearHead:
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
-    intercept: float
+    intercept: float | np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
 
     def decision(self, emb: np.ndarray) -> np.ndarray:
-        """Linear score: logit for binary heads, the predicted value for regression heads."""
+        """Linear score: logit (binary), (N, K) logits (multi-class) or the predicted value."""
         z = (np.asarray(emb, dtype=np.float64) - self.mean) / self.scale
+        if self.kind == MULTICLASS:
+            return z @ np.asarray(self.coef).T + np.asarray(self.intercept)
         return z @ self.coef + self.intercept
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
-        """Probability of ``labels[1]`` (binary) or the predicted value (regression)."""
+        """P(``labels[1]``) (binary), (N, K) class probabilities (multi-class) or the value."""
         d = self.decision(emb)
         if self.kind == BINARY:
             return 1.0 / (1.0 + np.exp(-d))
+        if self.kind == MULTICLASS:
+            e = np.exp(d - d.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
         return d
+
+    def class_head(self, k: int) -> LinearHead:
+        """Scalar head on the centred logit of class ``k`` of a multi-class head.
+
+        ``logit_k - mean_j logit_j`` is unchanged by the softmax's free offset, so its
+        attribution says what moves the prediction towards class ``k``.
+        """
+        coef = np.asarray(self.coef)
+        icpt = np.asarray(self.intercept)
+        return LinearHead(f"{self.name}_{self.labels[k]}", REGRESSION, [], self.mean,
+                          self.scale, coef[k] - coef.mean(axis=0),
+                          float(icpt[k] - icpt.mean()))
 
     def decision_torch(self, emb):
         """Torch version of :meth:`decision` (differentiable, for attribution)."""
@@ -71,6 +90,9 @@ class LinearHead:
         mean = torch.as_tensor(self.mean, dtype=emb.dtype, device=emb.device)
         scale = torch.as_tensor(self.scale, dtype=emb.dtype, device=emb.device)
         coef = torch.as_tensor(self.coef, dtype=emb.dtype, device=emb.device)
+        if self.kind == MULTICLASS:
+            icpt = torch.as_tensor(self.intercept, dtype=emb.dtype, device=emb.device)
+            return ((emb - mean) / scale) @ coef.T + icpt
         return ((emb - mean) / scale) @ coef + float(self.intercept)
 
     def to_tensors(self) -> dict[str, np.ndarray]:
@@ -79,7 +101,7 @@ class LinearHead:
         return {p + "mean": self.mean.astype(np.float32),
                 p + "scale": self.scale.astype(np.float32),
                 p + "coef": self.coef.astype(np.float32),
-                p + "intercept": np.asarray([self.intercept], dtype=np.float32)}
+                p + "intercept": np.asarray(self.intercept, dtype=np.float32).reshape(-1)}
 
     def meta(self) -> dict[str, Any]:
         """JSON description for the model card."""
@@ -91,11 +113,12 @@ class LinearHead:
         """Rebuild a head from stored arrays and its card entry."""
         p = f"heads.{name}."
         info = {k: v for k, v in meta.items() if k not in ("kind", "labels")}
+        icpt = np.asarray(tensors[p + "intercept"], dtype=np.float64).ravel()
         return cls(name=name, kind=meta["kind"], labels=list(meta.get("labels", [])),
                    mean=np.asarray(tensors[p + "mean"], dtype=np.float64),
                    scale=np.asarray(tensors[p + "scale"], dtype=np.float64),
                    coef=np.asarray(tensors[p + "coef"], dtype=np.float64),
-                   intercept=float(np.asarray(tensors[p + "intercept"]).ravel()[0]), info=info)
+                   intercept=icpt if meta["kind"] == MULTICLASS else float(icpt[0]), info=info)
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,11 +161,14 @@ def _inner_cv(groups: np.ndarray | None, n: int, y: np.ndarray | None = None):
         return list(GroupKFold(n_splits=min(3, len(np.unique(groups)))).split(
             np.zeros(n), groups=groups))
     if y is not None:
-        return list(StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(
-            np.zeros(n), y))
+        counts = np.unique(y, return_counts=True)[1]
+        splits = min(3, int(counts.min()))
+        if splits >= 2:  # few-shot: as many folds as the smallest class allows
+            return list(StratifiedKFold(n_splits=splits, shuffle=True, random_state=0).split(
+                np.zeros(n), y))
     from sklearn.model_selection import KFold
 
-    return list(KFold(n_splits=3, shuffle=True, random_state=0).split(np.zeros(n)))
+    return list(KFold(n_splits=min(3, n), shuffle=True, random_state=0).split(np.zeros(n)))
 
 
 def fit_binary_head(name: str, emb: np.ndarray, y: np.ndarray, labels: list[str],
@@ -187,6 +213,57 @@ def fit_binary_head(name: str, emb: np.ndarray, y: np.ndarray, labels: list[str]
     coef = clf.coef_.ravel() if basis is None else basis.T @ clf.coef_.ravel()
     return LinearHead(name, BINARY, list(labels), mean, scale, coef.copy(),
                       float(clf.intercept_[0]), {"C": best_c, "n_train": int(len(y))})
+
+
+def fit_multiclass_head(name: str, emb: np.ndarray, y: np.ndarray, labels: list[str],
+                        groups: np.ndarray | None = None) -> LinearHead:
+    """Fit an L2 multinomial logistic head; C chosen by inner cross-validated log-loss.
+
+    Parameters
+    ----------
+    name : str
+        Head name.
+    emb : np.ndarray
+        (N, E) embeddings.
+    y : np.ndarray
+        (N,) class indices into ``labels``.
+    labels : list of str
+        Class names (K >= 2).
+    groups : np.ndarray, optional
+        Site of each sample; the inner CV then never splits a site.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    emb = np.asarray(emb, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    k = len(labels)
+    mean, scale = _standardise(emb)
+    z, basis = _row_space((emb - mean) / scale)
+    best_c, best = _C_GRID[0], -np.inf
+    for c in _C_GRID:
+        scores = []
+        for tr, te in _inner_cv(groups, len(y), y):
+            if len(np.unique(y[tr])) < k:
+                continue
+            clf = LogisticRegression(C=c, max_iter=2000).fit(z[tr], y[tr])
+            scores.append(-log_loss(y[te], clf.predict_proba(z[te]), labels=list(range(k))))
+        score = float(np.mean(scores)) if scores else -np.inf
+        if score > best:
+            best_c, best = c, score
+    clf = LogisticRegression(C=best_c, max_iter=5000).fit(z, y)
+    coef = np.zeros((k, emb.shape[1]))
+    icpt = np.zeros(k)
+    w = clf.coef_ if basis is None else clf.coef_ @ basis
+    coef[clf.classes_] = w  # classes absent from training keep zero weights
+    icpt[clf.classes_] = clf.intercept_
+    if len(clf.classes_) < k:
+        icpt[np.setdiff1d(np.arange(k), clf.classes_)] = -1e3
+    if len(clf.classes_) == 2 and w.shape[0] == 1:  # sklearn returns one row for two classes
+        coef[clf.classes_] = np.vstack([-w[0] / 2, w[0] / 2])
+        icpt[clf.classes_] = [-clf.intercept_[0] / 2, clf.intercept_[0] / 2]
+    return LinearHead(name, MULTICLASS, list(labels), mean, scale, coef, icpt,
+                      {"C": best_c, "n_train": int(len(y))})
 
 
 def fit_regression_head(name: str, emb: np.ndarray, y: np.ndarray,

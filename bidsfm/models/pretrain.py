@@ -693,17 +693,52 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> B
 @click.option("--max-subjects", type=int, default=None,
               help="Use a seeded random subset of this many subjects (quick runs).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--family", type=click.Choice(["brainmass", "brainjepa"]), default="brainmass",
+              show_default=True, help="brainmass: FC encoder (LRA + MRM); brainjepa: "
+              "time-series encoder (JEPA, spatiotemporal masking).")
+@click.option("--tr", type=float, default=None,
+              help="[brainjepa] repetition time (s) of every run, when participants.tsv has no "
+                   "repetition_time column (--bidsfm-dir reads it from the JSON sidecars).")
+@click.option("--target-tr", type=float, default=2.0, show_default=True,
+              help="[brainjepa] TR the runs are resampled to.")
+@click.option("--frames", type=int, default=64, show_default=True,
+              help="[brainjepa] window length in frames at --target-tr.")
+@click.option("--patch", type=int, default=16, show_default=True,
+              help="[brainjepa] frames per time patch.")
+@click.option("--dim", type=int, default=96, show_default=True,
+              help="[brainjepa] token width (--layers and --heads set depth and heads).")
+@click.option("--gradients", "gradients_tsv", default=None,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="[brainjepa] ROI gradients TSV from bidsfm-gradients (default: computed "
+                   "from the group FC of the training runs).")
 def pretrain_command(out_dir: Path, npz: Path | None, participants: Path | None,
                      bidsfm_dir: Path | None, atlas: str, epochs: int, batch_size: int, lr: float,
                      layers: int, heads: int, ff_dim: int, no_roi_embedding: bool, seed: int,
-                     device: str, max_subjects: int | None, no_progress: bool) -> None:
-    """Pretrain a BrainMass FC encoder (LRA + Mask-ROI Modelling) and save it in OUT_DIR.
+                     device: str, max_subjects: int | None, no_progress: bool,
+                     family: str = "brainmass", tr: float | None = None, target_tr: float = 2.0,
+                     frames: int = 64, patch: int = 16, dim: int = 96,
+                     gradients_tsv: Path | None = None) -> None:
+    """Pretrain a foundation-model encoder and save it in OUT_DIR.
 
     Data come either from an npz of ROI time series plus its participants.tsv, or from a bidsfm
-    output folder. OUT_DIR receives model.safetensors, config.json and pretrain_log.tsv.
+    output folder. brainmass: OUT_DIR receives model.safetensors, config.json and
+    pretrain_log.tsv. brainjepa: OUT_DIR becomes a model folder (weights.safetensors + card.json,
+    no heads) loadable with --model OUT_DIR, plus pretrain_log.tsv.
     """
     if (npz is None) == (bidsfm_dir is None) or (npz is not None and participants is None):
         raise click.UsageError("give either --npz with --participants, or --bidsfm-dir")
+    if family == "brainjepa":
+        from .jepa import jepa_command
+
+        try:
+            jepa_command(out_dir, npz=npz, participants=participants, bidsfm_dir=bidsfm_dir,
+                         atlas=atlas, epochs=epochs, batch_size=batch_size, lr=lr, depth=layers,
+                         heads=heads, dim=dim, patch=patch, frames=frames, target_tr=target_tr,
+                         tr=tr, gradients_tsv=gradients_tsv, seed=seed, device=device,
+                         max_subjects=max_subjects)
+        except (ConfigError, InputDataError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
     try:
         if npz is not None:
             items = load_timeseries_npz(npz, participants)

@@ -82,6 +82,12 @@ class FoundationModel:
         return str(self.card["atlas"]["name"])
 
     @property
+    def atlas_spec(self) -> str:
+        """Atlas spec resolving the model's atlas: its name, or ``NAME=PATH`` for a user file."""
+        path = self.card["atlas"].get("user_file")
+        return f"{self.atlas}={path}" if path else self.atlas
+
+    @property
     def roi_names(self) -> list[str]:
         """ROI order of the input."""
         return list(self.card["atlas"]["roi_names"])
@@ -90,6 +96,11 @@ class FoundationModel:
     def min_volumes(self) -> int:
         """Minimum retained volumes for a reliable FC input."""
         return int(self.card["input"]["min_volumes"])
+
+    @property
+    def input_kind(self) -> str:
+        """``fc``: the model reads Pearson FC matrices."""
+        return "fc"
 
     def to(self, device: str) -> FoundationModel:
         """Move the encoder to ``device`` (``cpu`` or ``cuda``)."""
@@ -196,22 +207,237 @@ class FoundationModel:
         return integrated_gradients(self, fc, head, steps=steps, baseline=baseline)
 
 
-def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu") -> FoundationModel:
-    """Load a bundled (or local) model: card, encoder and heads, from safetensors only.
+class PreparedRuns:
+    """Runs prepared for a time-series model: per run ``(windows (W, R, T), valid (R,))``.
 
-    Raises
-    ------
-    ConfigError
-        If the model is unknown, its weights do not match the card's sha256, or tensors are
-        missing or mis-shaped (all listed).
+    Behaves like a batch for the participant level: ``len``, ``shape`` (n_runs, n_rois) and
+    indexing by an int, a slice, or a boolean / integer array.
     """
+
+    def __init__(self, runs: list[tuple[np.ndarray, np.ndarray]], n_rois: int) -> None:
+        self.runs = list(runs)
+        self.n_rois = n_rois
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_runs, n_rois)."""
+        return (len(self.runs), self.n_rois)
+
+    def __getitem__(self, key) -> PreparedRuns:
+        if isinstance(key, (int, np.integer)):
+            return PreparedRuns([self.runs[int(key)]], self.n_rois)
+        if isinstance(key, slice):
+            return PreparedRuns(self.runs[key], self.n_rois)
+        arr = np.asarray(key)
+        idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(int)
+        return PreparedRuns([self.runs[i] for i in idx], self.n_rois)
+
+
+@dataclass
+class TimeSeriesModel:
+    """A Brain-JEPA-style time-series encoder with its heads and card.
+
+    Same API as :class:`FoundationModel` (``embed``/``predict``/``attention`` on lists of
+    (n_volumes, n_rois) series and their repetition times), but the input is the time series:
+    each run is resampled to the card's target TR, z-scored per ROI and cut into windows
+    (:mod:`bidsfm.models.resample`); the run's embedding is the mean over windows.
+    """
+
+    card: dict[str, Any]
+    encoder: Any
+    heads: dict[str, LinearHead] = field(default_factory=dict)
+    device: str = "cpu"
+
+    name = FoundationModel.name
+    atlas = FoundationModel.atlas
+    atlas_spec = FoundationModel.atlas_spec
+    roi_names = FoundationModel.roi_names
+    head_outputs = FoundationModel.head_outputs
+    predict = FoundationModel.predict
+
+    @property
+    def input_kind(self) -> str:
+        """``timeseries``: the model reads ROI time series and their TR."""
+        return "timeseries"
+
+    @property
+    def spec(self):
+        """The input contract (:class:`~bidsfm.models.resample.InputSpec`) from the card."""
+        from .resample import InputSpec
+
+        return InputSpec.from_dict(self.card["input"])
+
+    @property
+    def min_volumes(self) -> int:
+        """Volumes the participant level requires before trying (the real limit is seconds)."""
+        return int(self.card["input"].get("min_volumes", 1))
+
+    @classmethod
+    def from_tensors(cls, card: dict[str, Any], tensors: dict[str, np.ndarray],
+                     heads: dict[str, LinearHead], path: str | Path) -> TimeSeriesModel:
+        """Build from a card and its safetensors tensors (``encoder.*`` and ``gradients``)."""
+        from .brainjepa import BrainJEPAConfig, BrainJEPAEncoder
+
+        try:
+            cfg = BrainJEPAConfig.from_dict(card["encoder_config"])
+            cls_spec_check = card["input"]["target_tr"], card["input"]["n_frames"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"card lacks a valid encoder_config / input section ({exc})",
+                              path=path) from None
+        if int(cls_spec_check[1]) != cfg.n_frames:
+            raise ConfigError(f"card input n_frames {cls_spec_check[1]} != encoder n_frames "
+                              f"{cfg.n_frames}", path=path)
+        grads = tensors.get("gradients")
+        if grads is None or grads.shape != (cfg.n_rois, cfg.n_gradients):
+            got = None if grads is None else grads.shape
+            raise ConfigError(f"gradients tensor must be ({cfg.n_rois}, {cfg.n_gradients}), "
+                              f"got {got}", path=path)
+        encoder = BrainJEPAEncoder(cfg, grads)
+        load_encoder_state(encoder, tensors, path)
+        return cls(card=card, encoder=encoder, heads=heads)
+
+    def to(self, device: str) -> TimeSeriesModel:
+        """Move the encoder to ``device``."""
+        self.encoder.to(device)
+        self.device = device
+        return self
+
+    def prepare(self, timeseries: list[np.ndarray], repetition_times: list[float] | None,
+                names: list[str] | None = None) -> PreparedRuns:
+        """Resample, normalise and window each (n_volumes, n_rois) run.
+
+        Raises
+        ------
+        ConfigError
+            If TRs are missing, shapes do not match the model, or a run is too short.
+        """
+        from .resample import prepare_run
+
+        r = len(self.roi_names)
+        if repetition_times is None or len(repetition_times) != len(timeseries):
+            raise ConfigError(f"model {self.name} reads time series: give one repetition time "
+                              "(seconds) per run")
+        spec = self.spec
+        out = []
+        for i, (ts, tr) in enumerate(zip(timeseries, repetition_times, strict=True)):
+            ts = np.asarray(ts, dtype=np.float64)
+            label = names[i] if names else f"run {i}"
+            if ts.ndim != 2 or ts.shape[1] != r:
+                raise ConfigError(f"{label}: expected (n_volumes, {r}) time series in the "
+                                  f"model's ROI order, got shape {ts.shape}")
+            out.append(prepare_run(ts, float(tr), spec, name=label))
+        return PreparedRuns(out, r)
+
+    def encode(self, inputs: PreparedRuns, batch_size: int = 32) -> np.ndarray:
+        """(n_runs, D) embeddings of prepared runs (windows averaged)."""
+        import torch
+
+        from .brainjepa import embed_runs
+
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda")
+                    else contextlib.nullcontext())
+        with autocast:
+            return embed_runs(self.encoder, inputs.runs, batch_size=batch_size)
+
+    def embed(self, timeseries: list[np.ndarray],
+              repetition_times: list[float] | None = None) -> np.ndarray:
+        """Embeddings (n_runs, embedding_size) of ROI time series (notebook API)."""
+        return self.encode(self.prepare(timeseries, repetition_times))
+
+    def attention(self, timeseries: list[np.ndarray], repetition_times: list[float] | None,
+                  head: str, steps: int = 32) -> np.ndarray:
+        """Per-ROI integrated-gradients scores (n_runs, n_rois) for one head."""
+        if head not in self.heads:
+            raise ConfigError(f"unknown head {head!r}; this model has "
+                              f"{', '.join(self.heads) or 'no heads'}")
+        return self.attribution(self.prepare(timeseries, repetition_times), head, steps=steps)
+
+    def attribution(self, inputs: PreparedRuns, head: str, steps: int = 32,
+                    baseline: np.ndarray | None = None) -> np.ndarray:
+        """Per-ROI integrated-gradients attribution (see :mod:`.attention`)."""
+        from .attention import integrated_gradients_timeseries
+
+        return integrated_gradients_timeseries(self, inputs, head, steps=steps)
+
+    def read_inputs(self, fc_paths: list[Path]) -> tuple[PreparedRuns, dict[int, str]]:
+        """Read the runs' time series next to their FC files (participant level).
+
+        For each ``*_meas-PearsonCorrelation_relmat.tsv`` the sibling
+        ``*_stat-mean_timeseries.tsv`` (+ ``.json`` with ``RepetitionTime`` and
+        ``RetainedVolumes``) is read. Censored volumes are put back on the original grid by
+        linear interpolation (leading and trailing ones trimmed) so the series is evenly
+        sampled. Returns the prepared runs and ``{index: reason}`` of runs that are skipped.
+        """
+        import pandas as pd
+
+        from .resample import RunTooShort, prepare_run
+
+        spec, names, good, skipped = self.spec, self.roi_names, [], {}
+        for i, fc_path in enumerate(fc_paths):
+            fc_path = Path(fc_path)
+            ts_path = fc_path.with_name(fc_path.name.replace(
+                "_meas-PearsonCorrelation_relmat.tsv", "_stat-mean_timeseries.tsv"))
+            if ts_path == fc_path or not ts_path.is_file():
+                raise ConfigError("no time series next to the FC file", path=fc_path)
+            meta = json.loads(ts_path.with_suffix(".json").read_text())
+            frame = pd.read_csv(ts_path, sep="\t", na_values=["n/a"], keep_default_na=False)
+            if list(frame.columns) != names:
+                raise ConfigError("time-series columns do not match the model's ROI order",
+                                  path=ts_path)
+            ts = even_grid(frame.to_numpy(dtype=np.float64), meta.get("RetainedVolumes"))
+            tr = meta.get("RepetitionTime")
+            if not tr:
+                raise ConfigError("no RepetitionTime in the time-series sidecar",
+                                  path=ts_path.with_suffix(".json"))
+            try:
+                good.append(prepare_run(ts, float(tr), spec, name=ts_path.name))
+            except RunTooShort as exc:
+                skipped[i] = exc.problem
+        return PreparedRuns(good, len(names)), skipped
+
+
+def even_grid(ts: np.ndarray, retained: list[int] | None) -> np.ndarray:
+    """Put retained volumes back on an even grid, linearly interpolating censored gaps.
+
+    Parameters
+    ----------
+    ts : np.ndarray
+        (n_retained, R) series.
+    retained : list of int, optional
+        Original indices of the rows (None: the rows are already evenly spaced).
+
+    Returns
+    -------
+    np.ndarray
+        (last - first + 1, R) series; NaN columns stay NaN.
+    """
+    if not retained or len(retained) != ts.shape[0]:
+        return ts
+    idx = np.asarray(retained, dtype=np.int64)
+    if np.all(np.diff(idx) == 1):
+        return ts
+    grid = np.arange(idx[0], idx[-1] + 1)
+    out = np.full((grid.size, ts.shape[1]), np.nan)
+    for j in range(ts.shape[1]):
+        if np.all(np.isfinite(ts[:, j])):
+            out[:, j] = np.interp(grid, idx, ts[:, j])
+    return out
+
+
+def _read_model_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Card and tensors of a model folder (sha256 checked, safetensors only)."""
     from safetensors.numpy import load_file
 
     from ..utils import sha256_file
-    from .brainmass import BrainMassConfig, BrainMassEncoder
 
-    folder = model_dir(spec)
-    card = json.loads((folder / CARD).read_text())
+    try:
+        card = json.loads((folder / CARD).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the model card ({type(exc).__name__})",
+                          path=folder / CARD) from None
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ConfigError("model weights are missing", path=weights,
@@ -228,11 +454,11 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Foundat
                           f"{str(exc).splitlines()[0] if str(exc) else ''})", path=weights,
                           remedy="bidsfm only loads safetensors; restore the model's "
                                  "weights.safetensors") from None
-    family = card.get("family")
-    if family != "brainmass":
-        raise ConfigError(f"unsupported model family {family!r}", path=folder / CARD)
-    cfg = BrainMassConfig.from_dict(card["encoder_config"])
-    encoder = BrainMassEncoder(cfg)
+    return card, tensors
+
+
+def load_encoder_state(encoder, tensors: dict[str, np.ndarray], path: str | Path) -> None:
+    """Load the ``encoder.*`` tensors into ``encoder`` (strict; every problem listed)."""
     import torch
 
     state = {k[len("encoder."):]: torch.from_numpy(v.copy()) for k, v in tensors.items()
@@ -243,12 +469,45 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Foundat
     problems += [f"{k}: shape {tuple(state[k].shape)} != {tuple(v.shape)}"
                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if problems:
-        raise ConfigError("weights do not match the encoder: " + "; ".join(problems[:10]),
-                          path=weights)
+        raise ConfigError(f"weights do not match the encoder ({len(problems)} problem(s)): "
+                          + "; ".join(problems[:10]), path=path)
     encoder.load_state_dict(state, strict=True)
     encoder.eval()
+
+
+def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu"):
+    """Load a bundled (or local) model: card, encoder and heads, from safetensors only.
+
+    The card's ``family`` selects the model class: ``brainmass`` (FC input,
+    :class:`FoundationModel`) or ``brainjepa`` (time-series input,
+    :class:`TimeSeriesModel`). Models without heads (e.g. imported
+    checkpoints) load too.
+
+    Raises
+    ------
+    ConfigError
+        If the model is unknown, its weights do not match the card's sha256, or tensors are
+        missing or mis-shaped (all listed).
+    """
+    folder = model_dir(spec)
+    card, tensors = _read_model_folder(folder)
+    family = card.get("family")
     heads = {name: LinearHead.from_tensors(name, tensors, meta)
-             for name, meta in card.get("heads", {}).items()}
+             for name, meta in (card.get("heads") or {}).items()}
+    if family == "brainjepa":
+        return TimeSeriesModel.from_tensors(card, tensors, heads, folder / WEIGHTS).to(device)
+    if family != "brainmass":
+        raise ConfigError(f"unsupported model family {family!r} (known: brainmass, "
+                          "brainjepa)", path=folder / CARD)
+    from .brainmass import BrainMassConfig, BrainMassEncoder
+
+    try:
+        cfg = BrainMassConfig.from_dict(card["encoder_config"])
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"card has no valid encoder_config ({exc})", path=folder / CARD
+                          ) from None
+    encoder = BrainMassEncoder(cfg)
+    load_encoder_state(encoder, tensors, folder / WEIGHTS)
     reference = tensors.get("reference.fc")
     model = FoundationModel(card=card, encoder=encoder, heads=heads,
                             reference_fc=None if reference is None
@@ -257,11 +516,14 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Foundat
 
 
 def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[LinearHead],
-               reference_fc: np.ndarray | None = None) -> Path:
+               reference_fc: np.ndarray | None = None,
+               extra_tensors: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``weights.safetensors`` and ``card.json`` (sha256 filled in) atomically.
 
     ``reference_fc`` (R, R), the mean FC of the training data, is stored as ``reference.fc`` and
-    used as the attribution baseline.
+    used as the attribution baseline. ``extra_tensors`` are stored under their own names (e.g.
+    ``gradients``, the (R, G) ROI gradients of a Brain-JEPA model). ``heads`` may be empty
+    (imported encoders have none).
     """
     from safetensors.numpy import save_file
 
@@ -275,6 +537,8 @@ def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[Li
         tensors.update(head.to_tensors())
     if reference_fc is not None:
         tensors["reference.fc"] = np.ascontiguousarray(reference_fc, dtype=np.float32)
+    for key, value in (extra_tensors or {}).items():
+        tensors[key] = np.ascontiguousarray(value, dtype=np.float32)
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
     card = dict(card)

@@ -52,7 +52,8 @@ def test_atlas_name_cannot_escape_output(tmp_path, tiny_ds, capsys):
     for run in range(2):
         assert_run_ok(case, run, "evil")
     assert {p.name for p in case.out.iterdir()} <= {"dataset_description.json",
-                                                   ".dataset_description.json.lock", "sub-03"}
+                                                   ".dataset_description.json.lock", "sub-03",
+                                                   "sub-03.html", "logs"}
     assert_clean(case.out)
 
 

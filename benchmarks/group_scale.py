@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Time the group level's collection of participant outputs for growing cohorts.
+
+    nice -n 10 .venv/bin/python benchmarks/group_scale.py [--sizes 100 1000 10000]
+        [--runs-per-participant 2] [--embedding-size 1600] [--keep DIR]
+
+For each N, fabricates N participants' output TSVs in a temporary folder exactly as the
+participant level names and writes them (per run: the one-row QC table, a one-row embedding
+with ``--embedding-size`` columns, a three-row predictions table; no BOLD, no FC matrices), then
+times :func:`bidsfm.group.collect.collect_outputs` plus writing the group tables
+(runs QC, runs embedding, subject embedding, predictions, exclusions) and prints a table:
+participants, runs, seconds, runs per second, and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+QC_HEADER = ("status\treason\tatlas\tspace\trepetition_time\tn_volumes\tn_dummy\tn_censored\t"
+             "n_retained\tretained_seconds\tmean_fd\tmax_fd\tmean_dvars_before\t"
+             "mean_dvars_after\tn_rois\tn_rois_low_coverage\tlow_coverage_rois\tmin_coverage\t"
+             "atlas_transform\tmodel\tmodel_status\tmodel_reason")
+
+
+def fabricate(root: Path, n_participants: int, runs: int, emb_size: int, seed: int = 0) -> int:
+    """Write the output TSVs of ``n_participants`` x ``runs`` runs; return the run count."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_rois = max(1, emb_size // 8)
+    header = "\t".join(f"CC200_{r + 1:03d}_{k}" for r in range(n_rois) for k in range(8))
+    for i in range(n_participants):
+        sub = f"sub-{i + 1:05d}"
+        func = root / sub / "func"
+        func.mkdir(parents=True)
+        for r in range(1, runs + 1):
+            stem = f"{sub}_task-rest_run-{r}_space-MNI152NLin2009cAsym_seg-CC200"
+            status = "skipped" if rng.random() < 0.03 else "ok"
+            reason = "retained 40 s < --min-time 60 s" if status == "skipped" else ""
+            fd = rng.gamma(2.0, 0.08)
+            (func / f"{stem}_qc.tsv").write_text(
+                QC_HEADER + "\n" + f"{status}\t{reason}\tCC200\tMNI152NLin2009cAsym\t2\t200\t2\t"
+                f"10\t188\t376\t{fd:.4f}\t{fd * 4:.4f}\t1.2\t1.0\t200\t0\t\t0.5\t"
+                f"identical-grid\tbidsfmfc\t{'ok' if status == 'ok' else 'skipped'}\t\n")
+            if status != "ok":
+                continue
+            emb = rng.standard_normal(emb_size)
+            (func / f"{stem}_desc-bidsfmfc_embedding.tsv").write_text(
+                header + "\n" + "\t".join(f"{v:.6g}" for v in emb) + "\n")
+            p = float(rng.random())
+            (func / f"{stem}_desc-bidsfmfc_predictions.tsv").write_text(
+                "head\tvalue\tprobability\tprobability_of\n"
+                f"diagnosis\t{'ASD' if p >= 0.5 else 'TC'}\t{p:.6g}\tASD\n"
+                f"sex\tM\t0.2\tF\nage\t{20 + 10 * p:.6g}\tn/a\tn/a\n")
+    return n_participants * runs
+
+
+def time_collection(root: Path) -> tuple[float, float, int]:
+    """Seconds and peak MB to collect and write the group tables; rows collected."""
+    import pandas as pd
+
+    from bidsfm.group.collect import collect_outputs, subject_embeddings, write_table
+
+    t0 = time.perf_counter()
+    coll = collect_outputs(root)
+    gdir = root / "group"
+    write_table(coll.qc, gdir / "group_runs_qc.tsv")
+    for name, (ents, values, cols) in coll.embeddings.items():
+        write_table(pd.concat([ents.reset_index(drop=True), pd.DataFrame(values, columns=cols)],
+                              axis=1), gdir / f"group_desc-{name}_runs_embedding.tsv")
+        ids, mean, n_runs = subject_embeddings(ents, values)
+        write_table(pd.concat([pd.DataFrame({"participant_id": ids, "n_runs": n_runs}),
+                               pd.DataFrame(mean, columns=cols)], axis=1),
+                    gdir / f"group_desc-{name}_subjects_embedding.tsv")
+    for name, frame in coll.predictions.items():
+        write_table(frame, gdir / f"group_desc-{name}_runs_predictions.tsv")
+    write_table(pd.DataFrame(coll.exclusions), gdir / "group_exclusions.tsv")
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return seconds, peak, len(coll.qc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--runs-per-participant", type=int, default=2)
+    parser.add_argument("--embedding-size", type=int, default=1600)
+    parser.add_argument("--keep", default=None, help="fabricate under this folder and keep it")
+    args = parser.parse_args()
+    print("| participants | runs | collect + write group tables (s) | runs / s | "
+          "peak RSS so far (MB) |")
+    print("| --- | --- | --- | --- | --- |")
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
+            root = Path(tmp) / "out"
+            runs = fabricate(root, n, args.runs_per_participant, args.embedding_size)
+            seconds, peak, rows = time_collection(root)
+            assert rows == runs, (rows, runs)
+            print(f"| {n} | {runs} | {seconds:.1f} | {runs / seconds:.0f} | {peak:.0f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

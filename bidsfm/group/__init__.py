@@ -1,0 +1,29 @@
+"""The group level: cohort tables, heads fitted on participants.tsv, normative deviation, QC-FC.
+
+Modules
+-------
+``collect``
+    Gather the participants' small TSVs into group tables (no BOLD is read).
+``targets``, ``cv``, ``metrics``, ``figures``, ``attention``, ``target_analysis``
+    ``--target``: task type, cross-validated heads, metrics with intervals, ROC/scatter,
+    per-ROI attention and the fitted head.
+``heads_io``
+    Save a head (safetensors + card) and load it for ``--heads`` at the participant level.
+``normative``
+    ``--reference``: Mahalanobis deviation from a reference group with per-ROI contributions.
+``qcfc``
+    QC-FC (edge-wise correlation of FC with mean framewise displacement).
+``run``
+    :func:`run_group_level`, called by the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run_group_level(*args: Any, **kwargs: Any) -> int:
+    """See :func:`bidsfm.group.run.run_group_level`."""
+    from .run import run_group_level as _run
+
+    return _run(*args, **kwargs)

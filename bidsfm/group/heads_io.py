@@ -1,0 +1,128 @@
+"""Save a group-level head (safetensors + card) and load it back for ``--heads``.
+
+A head folder holds ``weights.safetensors`` (tensors ``heads.<name>.mean|scale|coef|intercept``)
+and ``card.json``: the head's name, kind, labels, task type, the model it applies to (name,
+version, sha256 of the model weights, embedding size), the cross-validation figures, the number
+of participants it was fitted on and the sha256 of its own weights. A head fitted on one model's
+embeddings is meaningless on another's, so loading checks the model name and sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..models.heads import LinearHead
+
+WEIGHTS = "weights.safetensors"
+CARD = "card.json"
+
+
+def save_head(folder: str | Path, head: LinearHead, model_card: dict[str, Any],
+              info: dict[str, Any]) -> Path:
+    """Write ``weights.safetensors`` then ``card.json`` atomically; return the folder."""
+    from safetensors.numpy import save_file
+
+    from ..utils import atomic_path, sha256_file, write_json_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(head.to_tensors(), str(tmp))
+    card = {"name": head.name, **head.meta(),
+            "model": {k: model_card.get(k) for k in ("name", "version", "sha256")},
+            "embedding_size": int(len(head.mean)), **info,
+            "sha256": sha256_file(folder / WEIGHTS)}
+    write_json_atomic(folder / CARD, card)
+    return folder
+
+
+def _head_folder(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name in (CARD, WEIGHTS):
+        path = path.parent
+    if (path / "head" / CARD).is_file():  # group/target-X/ given
+        path = path / "head"
+    return path
+
+
+def read_head_card(path: str | Path) -> dict[str, Any]:
+    """The card of a head folder.
+
+    Raises
+    ------
+    ConfigError
+        If the folder has no readable card.
+    """
+    folder = _head_folder(path)
+    try:
+        card = json.loads((folder / CARD).read_text())
+        if not isinstance(card, dict) or "name" not in card or "kind" not in card:
+            raise ValueError("not a head card (no name/kind)")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the head card ({type(exc).__name__}: {exc})",
+                          path=folder / CARD, remedy="Pass a head folder written by the group "
+                          "level (group/target-<COLUMN>/head)") from None
+    return card
+
+
+def check_head_model(card: dict[str, Any], model_card: dict[str, Any], path: str | Path
+                     ) -> None:
+    """Raise ConfigError unless the head was fitted on this model's embeddings."""
+    want = card.get("model") or {}
+    if want.get("name") != model_card.get("name") or want.get("sha256") != model_card.get(
+            "sha256"):
+        raise ConfigError(
+            f"head {card.get('name')!r} was fitted on embeddings of model {want.get('name')} "
+            f"(sha256 {str(want.get('sha256'))[:12]}), not of {model_card.get('name')} "
+            f"(sha256 {str(model_card.get('sha256'))[:12]})", path=_head_folder(path),
+            remedy="Use --model with the model the head was fitted on, or refit the head with "
+                   "the group level")
+
+
+def load_head(path: str | Path, model_card: dict[str, Any], name: str | None = None
+              ) -> LinearHead:
+    """Load a head folder, checking it belongs to the model and its weights are intact.
+
+    Parameters
+    ----------
+    path : str or Path
+        Head folder (or its card.json, or the ``group/target-<COLUMN>`` folder).
+    model_card : dict
+        Card of the model in use.
+    name : str, optional
+        Name to give the head (default: the card's).
+
+    Raises
+    ------
+    ConfigError
+        If the card or weights are unreadable, corrupt, or for another model.
+    """
+    from safetensors.numpy import load_file
+
+    from ..utils import sha256_file
+
+    folder = _head_folder(path)
+    card = read_head_card(folder)
+    check_head_model(card, model_card, folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ConfigError("head weights are missing", path=weights)
+    if card.get("sha256") and sha256_file(weights) != card["sha256"]:
+        raise ConfigError("head weights do not match the card's sha256", path=weights,
+                          remedy="The file is corrupt; refit the head with the group level")
+    try:
+        tensors = load_file(str(weights))
+        head = LinearHead.from_tensors(card["name"], tensors, card)
+    except Exception as exc:  # never fall back to pickle
+        raise ConfigError(f"cannot read the head weights ({type(exc).__name__}: {exc})",
+                          path=weights) from None
+    size = model_card.get("embedding_size")
+    if size and len(head.mean) != int(size):
+        raise ConfigError(f"head expects embeddings of size {len(head.mean)}, the model gives "
+                          f"{size}", path=weights)
+    if name:
+        head.name = name
+    return head

@@ -1,0 +1,116 @@
+"""Bibliography used by the methods text (``logs/CITATION.md``).
+
+Each entry: key -> (in-text form, full reference). Only the entries a run actually used are
+listed in its CITATION.md.
+"""
+
+from __future__ import annotations
+
+REFERENCES: dict[str, tuple[str, str]] = {
+    "bids": ("Gorgolewski et al. 2016",
+             "Gorgolewski K.J. et al. (2016) The brain imaging data structure, a format for "
+             "organizing and describing outputs of neuroimaging experiments. Sci Data 3:160044. "
+             "doi:10.1038/sdata.2016.44"),
+    "bidsapps": ("Gorgolewski et al. 2017",
+                 "Gorgolewski K.J. et al. (2017) BIDS apps: Improving ease of use, accessibility, "
+                 "and reproducibility of neuroimaging data analysis methods. PLoS Comput Biol "
+                 "13(3):e1005209. doi:10.1371/journal.pcbi.1005209"),
+    "fmriprep": ("Esteban et al. 2019",
+                 "Esteban O. et al. (2019) fMRIPrep: a robust preprocessing pipeline for "
+                 "functional MRI. Nat Methods 16:111-116. doi:10.1038/s41592-018-0235-4"),
+    "nipype": ("Gorgolewski et al. 2011",
+               "Gorgolewski K. et al. (2011) Nipype: a flexible, lightweight and extensible "
+               "neuroimaging data processing framework in Python. Front Neuroinform 5:13. "
+               "doi:10.3389/fninf.2011.00013"),
+    "nilearn": ("Abraham et al. 2014",
+                "Abraham A. et al. (2014) Machine learning for neuroimaging with scikit-learn. "
+                "Front Neuroinform 8:14. doi:10.3389/fninf.2014.00014"),
+    "pybids": ("Yarkoni et al. 2019",
+               "Yarkoni T. et al. (2019) PyBIDS: Python tools for BIDS datasets. J Open Source "
+               "Softw 4(40):1294. doi:10.21105/joss.01294"),
+    "nibabel": ("Brett et al., NiBabel",
+                "Brett M. et al. NiBabel: access a cacophony of neuro-imaging file formats. "
+                "Zenodo. doi:10.5281/zenodo.591597"),
+    "numpy": ("Harris et al. 2020",
+              "Harris C.R. et al. (2020) Array programming with NumPy. Nature 585:357-362. "
+              "doi:10.1038/s41586-020-2649-2"),
+    "pytorch": ("Paszke et al. 2019",
+                "Paszke A. et al. (2019) PyTorch: an imperative style, high-performance deep "
+                "learning library. Advances in Neural Information Processing Systems 32."),
+    "sklearn": ("Pedregosa et al. 2011",
+                "Pedregosa F. et al. (2011) Scikit-learn: machine learning in Python. J Mach "
+                "Learn Res 12:2825-2830."),
+    "xcpd": ("Mehta et al. 2024",
+             "Mehta K. et al. (2024) XCP-D: a robust pipeline for the post-processing of fMRI "
+             "data. Imaging Neuroscience 2:1-26. doi:10.1162/imag_a_00257"),
+    "cc200": ("Craddock et al. 2012",
+              "Craddock R.C., James G.A., Holtzheimer P.E., Hu X.P., Mayberg H.S. (2012) A whole "
+              "brain fMRI atlas generated via spatially constrained spectral clustering. Hum "
+              "Brain Mapp 33(8):1914-1928. doi:10.1002/hbm.21333"),
+    "schaefer": ("Schaefer et al. 2018",
+                 "Schaefer A. et al. (2018) Local-global parcellation of the human cerebral "
+                 "cortex from intrinsic functional connectivity MRI. Cereb Cortex "
+                 "28(9):3095-3114. doi:10.1093/cercor/bhx179"),
+    "tian": ("Tian et al. 2020",
+             "Tian Y., Margulies D.S., Breakspear M., Zalesky A. (2020) Topographic organization "
+             "of the human subcortex unveiled with functional connectivity gradients. Nat "
+             "Neurosci 23:1421-1432. doi:10.1038/s41593-020-00711-6"),
+    "templateflow": ("Ciric et al. 2022",
+                     "Ciric R. et al. (2022) TemplateFlow: FAIR-sharing of multi-scale, "
+                     "multi-species brain models. Nat Methods 19:1568-1571. "
+                     "doi:10.1038/s41592-022-01681-2"),
+    "friston24": ("Friston et al. 1996",
+                  "Friston K.J., Williams S., Howard R., Frackowiak R.S., Turner R. (1996) "
+                  "Movement-related effects in fMRI time-series. Magn Reson Med 35(3):346-355."),
+    "compcor": ("Behzadi et al. 2007",
+                "Behzadi Y., Restom K., Liau J., Liu T.T. (2007) A component based noise "
+                "correction method (CompCor) for BOLD and perfusion based fMRI. NeuroImage "
+                "37(1):90-101. doi:10.1016/j.neuroimage.2007.04.042"),
+    "power2012": ("Power et al. 2012",
+                  "Power J.D., Barnes K.A., Snyder A.Z., Schlaggar B.L., Petersen S.E. (2012) "
+                  "Spurious but systematic correlations in functional connectivity MRI networks "
+                  "arise from subject motion. NeuroImage 59(3):2142-2154. "
+                  "doi:10.1016/j.neuroimage.2011.10.018"),
+    "power2015": ("Power et al. 2015",
+                  "Power J.D., Schlaggar B.L., Petersen S.E. (2015) Recent progress and "
+                  "outstanding issues in motion correction in resting state fMRI. NeuroImage "
+                  "105:536-551. doi:10.1016/j.neuroimage.2014.10.044"),
+    "ciric2017": ("Ciric et al. 2017",
+                  "Ciric R. et al. (2017) Benchmarking of participant-level confound regression "
+                  "strategies for the control of motion artifact in studies of functional "
+                  "connectivity. NeuroImage 154:174-187. "
+                  "doi:10.1016/j.neuroimage.2017.03.020"),
+    "wang2024": ("Wang et al. 2024",
+                 "Wang H.-T. et al. (2024) Continuous evaluation of denoising strategies in "
+                 "resting-state fMRI connectivity using fMRIPrep and Nilearn. PLoS Comput Biol "
+                 "20(3):e1011942. doi:10.1371/journal.pcbi.1011942"),
+    "brainmass": ("Yang et al. 2024",
+                  "Yang Y. et al. (2024) BrainMass: advancing brain network analysis for "
+                  "diagnosis with large-scale self-supervised learning. IEEE Trans Med Imaging."),
+    "brainjepa": ("Dong et al. 2024",
+                  "Dong Z. et al. (2024) Brain-JEPA: brain dynamics foundation model with "
+                  "gradient positioning and spatiotemporal masking. Advances in Neural "
+                  "Information Processing Systems 37 (NeurIPS 2024)."),
+    "byol": ("Grill et al. 2020",
+             "Grill J.-B. et al. (2020) Bootstrap your own latent: a new approach to "
+             "self-supervised learning. Advances in Neural Information Processing Systems 33."),
+    "abide": ("Di Martino et al. 2014",
+              "Di Martino A. et al. (2014) The autism brain imaging data exchange: towards a "
+              "large-scale evaluation of the intrinsic brain architecture in autism. Mol "
+              "Psychiatry 19(6):659-667. doi:10.1038/mp.2013.78"),
+    "abide_pcp": ("Craddock et al. 2013",
+                  "Craddock C. et al. (2013) The Neuro Bureau Preprocessing Initiative: open "
+                  "sharing of preprocessed neuroimaging data and derivatives. Front Neuroinform "
+                  "(Neuroinformatics 2013 abstract). doi:10.3389/conf.fninf.2013.09.00041"),
+    "ig": ("Sundararajan et al. 2017",
+           "Sundararajan M., Taly A., Yan Q. (2017) Axiomatic attribution for deep networks. "
+           "Proceedings of the 34th International Conference on Machine Learning, PMLR "
+           "70:3319-3328."),
+    "ledoitwolf": ("Ledoit & Wolf 2004",
+                   "Ledoit O., Wolf M. (2004) A well-conditioned estimator for large-dimensional "
+                   "covariance matrices. J Multivar Anal 88(2):365-411. "
+                   "doi:10.1016/S0047-259X(03)00096-4"),
+    "bootstrap": ("Efron & Tibshirani 1993",
+                  "Efron B., Tibshirani R.J. (1993) An Introduction to the Bootstrap. Chapman & "
+                  "Hall/CRC."),
+}
