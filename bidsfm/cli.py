@@ -480,6 +480,8 @@ def _resolve_model(spec: str) -> dict[str, str] | None:
             raise ConfigError(f"the card's {what} {value!r} is not a BIDS label (letters and "
                               "digits only); it would become part of output file names",
                               path=card_path, remedy="Fix the card, or use another model")
+    if card.get("warning"):  # e.g. a bundled model kept as a reference, not for predictions
+        LOGGER.warning("model %s: %s", name, card["warning"])
     return {"path": str(folder), "atlas": atlas, "name": name,
             "atlas_file": card["atlas"].get("user_file")}
 
