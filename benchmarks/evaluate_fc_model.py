@@ -44,6 +44,7 @@ def main() -> None:
         evaluate,
         fc_baseline,
         few_shot,
+        format_few_shot_table,
         format_table,
         full_fc,
         in_sample,
@@ -78,12 +79,7 @@ def main() -> None:
         iu = np.triu_indices(fc.shape[1], k=1)
         curves["raw FC"] = few_shot(np.nan_to_num(fc[:, iu[0], iu[1]]), pheno,
                                     repeats=args.repeats)
-    shots = sorted(next(iter(curves.values())))
-    print("| features | " + " | ".join(f"k={k}" for k in shots) + " |")
-    print("| --- |" + " --- |" * len(shots))
-    for name, curve in curves.items():
-        print(f"| {name} | " + " | ".join(f"{curve[k]['auc_mean']:.3f} +- "
-                                          f"{curve[k]['auc_sd']:.3f}" for k in shots) + " |")
+    print(format_few_shot_table(curves))
 
     stored = {h: m["validation"] for h, m in model.card["heads"].items()}
     ours = results[f"(b) {model.name} embedding + linear probe"]

@@ -88,6 +88,7 @@ def main() -> None:
         evaluate,
         fc_baseline,
         few_shot,
+        format_few_shot_table,
         format_table,
         full_fc,
         load_abide,
@@ -143,12 +144,7 @@ def main() -> None:
           f"mean +- sd over {args.repeats} repeats):\n")
     for label, emb in embs.items():
         curves[label] = few_shot(emb, pheno, repeats=args.repeats)
-    shots = sorted(next(iter(curves.values())))
-    print("| features | " + " | ".join(f"k={k}" for k in shots) + " |")
-    print("| --- |" + " --- |" * len(shots))
-    for label, curve in curves.items():
-        print(f"| {label} | " + " | ".join(f"{curve[k]['auc_mean']:.3f} +- "
-                                           f"{curve[k]['auc_sd']:.3f}" for k in shots) + " |")
+    print(format_few_shot_table(curves))
     for name, r in robust.items():
         print(f"\nTR robustness of {name} ({r['n']} ABIDE runs; cosine similarity of centred "
               "embeddings):")

@@ -201,6 +201,44 @@ def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def format_few_shot_table(curves: dict[str, dict[int, dict[str, float]]]) -> str:
+    """Markdown table of few-shot curves (as returned by :func:`few_shot`): rows = features."""
+    shots = sorted(next(iter(curves.values())))
+    lines = ["| features | " + " | ".join(f"k={k}" for k in shots) + " |",
+             "| --- |" + " --- |" * len(shots)]
+    for label, curve in curves.items():
+        lines.append(f"| {label} | " + " | ".join(f"{curve[k]['auc_mean']:.3f} +- "
+                                                  f"{curve[k]['auc_sd']:.3f}" for k in shots)
+                     + " |")
+    return "\n".join(lines)
+
+
+def fit_bundled_heads(emb: np.ndarray, pheno, validation: dict[str, Any]) -> list:
+    """Fit the bundled heads (diagnosis, sex, age) on all of ABIDE, with their LOSO figures.
+
+    Parameters
+    ----------
+    emb : np.ndarray
+        (N, E) embeddings of the participants of ``pheno``.
+    pheno : pandas.DataFrame
+        ABIDE phenotypes (``site`` and the heads' columns).
+    validation : dict
+        :func:`evaluate` results per head, stored in each head's info.
+    """
+    sites = pheno["site"].astype(str).to_numpy()
+    heads = []
+    for head_name, (_col, kind, labels, unit) in HEADS.items():
+        y = _targets(pheno, head_name)
+        if kind == BINARY:
+            head = fit_binary_head(head_name, emb, y, labels, sites)
+        else:
+            head = fit_regression_head(head_name, emb, y, sites)
+            head.info["unit"] = unit
+        head.info["validation"] = validation[head_name]
+        heads.append(head)
+    return heads
+
+
 def build_fc_model(out_dir: str | Path, *, shared_data: str | Path | None = None,
                    model_cfg=None, pretrain_cfg=None, name: str = "bidsfmfc",
                    version: str = "1.0.0", max_subjects: int | None = None,
@@ -229,18 +267,8 @@ def build_fc_model(out_dir: str | Path, *, shared_data: str | Path | None = None
     fc = full_fc(series)
     with torch.no_grad():
         emb = np.asarray(embed_fc(encoder, fc))
-    sites = pheno["site"].astype(str).to_numpy()
     validation = evaluate(emb, pheno)
-    heads = []
-    for head_name, (_col, kind, labels, unit) in HEADS.items():
-        y = _targets(pheno, head_name)
-        if kind == BINARY:
-            head = fit_binary_head(head_name, emb, y, labels, sites)
-        else:
-            head = fit_regression_head(head_name, emb, y, sites)
-            head.info["unit"] = unit
-        head.info["validation"] = validation[head_name]
-        heads.append(head)
+    heads = fit_bundled_heads(emb, pheno, validation)
     baseline = fc_baseline(fc, pheno) if with_baseline else None
     n_vol = [len(s) for s in series]
     card: dict[str, Any] = {
@@ -271,7 +299,7 @@ def build_fc_model(out_dir: str | Path, *, shared_data: str | Path | None = None
         "training_data": {
             "name": "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
                     "CC200 ROI time series",
-            "n_participants": int(len(pheno)), "sites": sorted(set(sites)),
+            "n_participants": int(len(pheno)), "sites": sorted(set(pheno["site"].astype(str))),
             "n_by_diagnosis": pheno["diagnosis"].value_counts().to_dict(),
             "volumes": [int(min(n_vol)), int(max(n_vol))],
             "terms": "ABIDE data usage agreement, CC BY-NC-SA",
@@ -391,18 +419,8 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
     t0 = time.time()
     emb = abide_ts_embeddings(encoder, series, trs, spec)
     log(f"embedded {len(emb)} runs in {time.time() - t0:.0f} s")
-    sites = pheno["site"].astype(str).to_numpy()
     validation = evaluate(emb, pheno)
-    heads = []
-    for head_name, (_col, kind, labels, unit) in HEADS.items():
-        y = _targets(pheno, head_name)
-        if kind == BINARY:
-            head = fit_binary_head(head_name, emb, y, labels, sites)
-        else:
-            head = fit_regression_head(head_name, emb, y, sites)
-            head.info["unit"] = unit
-        head.info["validation"] = validation[head_name]
-        heads.append(head)
+    heads = fit_bundled_heads(emb, pheno, validation)
     n_vol = [len(s) for s in series]
     card: dict[str, Any] = {
         "name": name,
@@ -439,7 +457,7 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
         "training_data": {
             "name": "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
                     "CC200 ROI time series",
-            "n_participants": int(len(pheno)), "sites": sorted(set(sites)),
+            "n_participants": int(len(pheno)), "sites": sorted(set(pheno["site"].astype(str))),
             "n_by_diagnosis": pheno["diagnosis"].value_counts().to_dict(),
             "volumes": [int(min(n_vol)), int(max(n_vol))],
             "repetition_times": sorted({float(t) for t in trs}),
