@@ -131,6 +131,11 @@ def main() -> None:
 
             torch.manual_seed(0)
             rnd = BrainJEPAEncoder(model.encoder.config, model.encoder.gradients.cpu().numpy())
+            if rnd.config.readout == "connectivity" and rnd.config.readout_dim:
+                # the control gets its own readout axes, fitted the same way (no labels)
+                from bidsfm.models.build import fit_abide_readout
+
+                fit_abide_readout(rnd.eval(), series, trs, model.spec)
             control = dataclasses.replace(model, encoder=rnd.eval())
             label = f"(b0) {name} architecture, random weights (control)"
             embs[f"{name} random-weight control"] = emb0 = model_embeddings(control, series,

@@ -217,8 +217,11 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
     preds = model.head_outputs(emb)
     heads = list(model.heads)
     attr = {h: _head_attribution(model, fcs, h, preds[h], attention_steps) for h in heads}
+    # per-ROI embeddings (FC model, connectivity readout) are ROI-major: <ROI>_<k> columns;
+    # a pooled embedding (mean readout) has no ROI, whatever its width
+    pooled = getattr(getattr(model.encoder, "config", None), "readout", None) == "mean"
     emb_cols = ([f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
-                if emb.shape[1] % len(names) == 0
+                if emb.shape[1] % len(names) == 0 and not pooled
                 else [f"emb_{k:03d}" for k in range(emb.shape[1])])
     from .derivatives import write_tsv_atomic
 

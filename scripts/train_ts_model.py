@@ -2,12 +2,13 @@
 """Train the bundled time-series model (bidsfmts) on ABIDE CC200 and write it into the package.
 
     nice -n 10 .venv/bin/python scripts/train_ts_model.py [--shared-data ../shared/data]
-        [--epochs 2] [--threads 2] [--max-minutes 45]
+        [--epochs 12] [--threads 2] [--max-minutes 45]
 
 Computes the CC200 functional gradients from the ABIDE group FC, resamples every run to the
 target TR, JEPA-pretrains the Brain-JEPA-style encoder (spatiotemporal masking, EMA target),
-embeds every run (windows averaged), fits the diagnosis/sex/age heads on the frozen embeddings,
-evaluates them leave-one-site-out and writes
+fits the connectivity readout's axes (no labels), embeds every run (windows averaged), fits the
+diagnosis/sex/age heads on the frozen embeddings, evaluates them leave-one-site-out beside the
+same architecture with random weights (the pretraining's starting point) and writes
 bidsfm/data/models/bidsfmts/{weights.safetensors,card.json,pretrain_log.tsv}. Prints the
 evaluation table.
 """
@@ -32,10 +33,10 @@ def main() -> None:
     parser.add_argument("--shared-data", default=None,
                         help="folder with abide/ (default ../shared/data)")
     parser.add_argument("--out", default=str(ROOT / "bidsfm" / "data" / "models" / "bidsfmts"))
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup-epochs", type=float, default=0.25)
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--heads", type=int, default=4)
@@ -43,6 +44,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--target-tr", type=float, default=2.0)
+    parser.add_argument("--readout", choices=["mean", "connectivity"], default="connectivity")
+    parser.add_argument("--readout-dim", type=int, default=8,
+                        help="axes per ROI of the connectivity readout (0: upper triangle)")
+    parser.add_argument("--var-weight", type=float, default=1.0,
+                        help="weight of the variance hinge on context tokens (0: plain JEPA)")
+    parser.add_argument("--cov-weight", type=float, default=0.04)
     parser.add_argument("--predictor-dim", type=int, default=32)
     parser.add_argument("--predictor-depth", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -68,10 +75,12 @@ def main() -> None:
 
     spec = InputSpec(target_tr=args.target_tr, n_frames=args.frames, window_stride=args.stride)
     enc_cfg = BrainJEPAConfig(n_rois=200, n_frames=args.frames, patch_size=args.patch,
-                              embed_dim=args.dim, depth=args.depth, n_heads=args.heads)
+                              embed_dim=args.dim, depth=args.depth, n_heads=args.heads,
+                              readout=args.readout, readout_dim=args.readout_dim)
     jepa_cfg = JEPAConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           warmup_epochs=args.warmup_epochs, predictor_dim=args.predictor_dim,
                           predictor_depth=args.predictor_depth, seed=args.seed,
+                          var_weight=args.var_weight, cov_weight=args.cov_weight,
                           device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +90,9 @@ def main() -> None:
                           max_seconds=None if args.max_minutes is None
                           else 60 * args.max_minutes, log=log)
     results = {card["name"]: {h: m["validation"] for h, m in card["heads"].items()}}
+    control = card["validation"].get("random_weight_control")
+    if control:
+        results["same architecture, random weights (control)"] = control
     print(format_table(results))
     print(json.dumps({"weights_sha256": card["sha256"],
                       "weights_mb": round((out / "weights.safetensors").stat().st_size / 1e6, 2),

@@ -275,29 +275,39 @@ def test_integrated_gradients_complete_and_nan_for_missing(tiny_model):
 
 
 # -------------------------------------------------------------------------- participant level
-@pytest.fixture(scope="module")
-def cc200_ts_model(tmp_path_factory):
-    """A tiny random-weight CC200 time-series model folder (fast participant-level tests)."""
+@pytest.fixture(scope="module", params=["mean", "connectivity"])
+def cc200_ts_model(request, tmp_path_factory):
+    """A tiny random-weight CC200 time-series model folder (fast participant-level tests), with
+    the official mean pool or the connectivity readout (2 axes per ROI, fitted on noise)."""
+    from bidsfm.models.brainjepa import fit_connectivity_readout
     from bidsfm.models.build import ts_input_card
     from bidsfm.models.heads import fit_binary_head, fit_regression_head
     from bidsfm.models.registry import save_model
 
+    conn = request.param == "connectivity"
     cfg = BrainJEPAConfig(n_rois=200, n_frames=32, patch_size=16, embed_dim=16, depth=1,
-                          n_heads=2, n_gradients=G)
+                          n_heads=2, n_gradients=G, readout=request.param,
+                          readout_dim=2 if conn else 0)
     torch.manual_seed(0)
     grads = np.random.default_rng(0).standard_normal((200, G))
     enc = BrainJEPAEncoder(cfg, grads).eval()
+    extra = {"gradients": grads}
+    if conn:
+        noise = np.random.default_rng(2).standard_normal((6, 2, 200, 32)).astype(np.float32)
+        centre, basis, _ = fit_connectivity_readout(enc, [(w, np.ones(200, bool)) for w in noise])
+        enc.set_readout(centre, basis)
+        extra.update({"readout.centre": centre, "readout.basis": basis})
     rng = np.random.default_rng(1)
-    emb = rng.standard_normal((40, 16))
+    emb = rng.standard_normal((40, enc.embedding_dim))
     heads = [fit_binary_head("diagnosis", emb, (emb[:, 0] > 0).astype(int), ["TC", "ASD"]),
              fit_regression_head("age", emb, emb[:, 1] * 3 + 20)]
     card = {"name": "tinyts", "version": "0", "family": "brainjepa",
             "atlas": {"name": "CC200", "n_rois": 200,
                       "roi_names": [f"CC200_{i:03d}" for i in range(1, 201)]},
             "input": ts_input_card(InputSpec(target_tr=2.0, n_frames=32, window_stride=16)),
-            "encoder_config": cfg.to_dict(), "embedding_size": 16}
+            "encoder_config": cfg.to_dict(), "embedding_size": enc.embedding_dim}
     folder = tmp_path_factory.mktemp("m") / "tinyts"
-    save_model(folder, card, enc, heads, extra_tensors={"gradients": grads})
+    save_model(folder, card, enc, heads, extra_tensors=extra)
     return folder
 
 
@@ -317,14 +327,18 @@ def test_participant_level_with_a_time_series_model(tmp_path, tiny_ds, cc200_ts_
     for suffix in ("predictions.tsv", "attention.tsv", "statmap.nii.gz"):
         assert len(sorted(out.rglob(f"*_desc-tinyts*_{suffix}"))) == n_runs, suffix
     emb = pd.read_csv(embs[0], sep="\t")
-    assert emb.shape == (1, 16) and emb.columns[0] == "emb_000"
+    model = load_model(cc200_ts_model)
+    if model.encoder.config.readout == "mean":
+        assert emb.shape == (1, 16) and emb.columns[0] == "emb_000"
+    else:   # ROI-major connectivity readout: <ROI>_<axis> columns
+        assert emb.shape == (1, 400) and list(emb.columns[:3]) == ["CC200_001_0", "CC200_001_1",
+                                                                   "CC200_002_0"]
     att = pd.read_csv(sorted(out.rglob("*_desc-tinyts_attention.tsv"))[0], sep="\t",
                       index_col=0, na_values="n/a")
     assert att.shape == (200, 2) and np.isfinite(att.to_numpy()).sum() > 100
     # the written embedding is the API's embedding of the written time series and TR
     ts_path = str(embs[0]).replace("_desc-tinyts_embedding.tsv", "_stat-mean_timeseries.tsv")
     meta = json.loads(Path(ts_path.replace(".tsv", ".json")).read_text())
-    model = load_model(cc200_ts_model)
     prepared, skipped = model.read_inputs([ts_path.replace(
         "_stat-mean_timeseries.tsv", "_meas-PearsonCorrelation_relmat.tsv")])
     assert not skipped and meta["RepetitionTime"] > 0

@@ -148,3 +148,17 @@ def test_cli_family_brainjepa(tmp_path):
     assert model.atlas == "MyAtlas" and model.card["gradients"]["n_components"] == 11
     emb = model.embed([arrays["sub-01"]], [2.5])
     assert emb.shape == (1, 16) and np.isfinite(emb).all()
+    # the bidsfmts recipe: variance-covariance term + connectivity readout fitted on the runs
+    out2 = tmp_path / "connmodel"
+    args2 = [str(out2) if a == str(out) else a for a in args] + [
+        "--readout", "connectivity", "--readout-dim", "3", "--var-weight", "1.0",
+        "--cov-weight", "0.04"]
+    result = CliRunner().invoke(pretrain_command, args2)
+    assert result.exit_code == 0, result.output
+    conn = load_model(out2)
+    assert conn.card["readout"]["readout_dim"] == 3 and conn.card["embedding_size"] == R * 3
+    assert conn.card["pretraining"]["config"]["var_weight"] == 1.0
+    emb = conn.embed([arrays["sub-01"], arrays["sub-02"]], [2.5, 1.5])
+    assert emb.shape == (2, R * 3) and np.isfinite(emb).all()
+    log = (out2 / "pretrain_log.tsv").read_text().splitlines()
+    assert log[0].split("\t")[5:7] == ["variance", "covariance"]

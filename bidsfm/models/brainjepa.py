@@ -17,7 +17,19 @@ with Gradient Positioning and Spatiotemporal Masking", NeurIPS 2024), written an
 * pre-norm ViT blocks (LayerNorm eps 1e-6, ``attn.qkv`` with bias, ``attn.proj``,
   ``mlp.fc1`` -> GELU -> ``mlp.fc2``, MLP ratio 4) and a final ``norm``; attention is
   :func:`torch.nn.functional.scaled_dot_product_attention` (no flash-attn dependency);
-* embedding = mean of the final tokens (no CLS token).
+* embedding = mean of the final tokens (no CLS token), the official readout
+  (``readout="mean"``).
+
+bidsfm readout (``readout="connectivity"``, not in the official model; used by the bundled
+``bidsfmts``): the mean pool averages 800+ tokens whose time patches have no common phase across
+participants, which leaves little that tells participants apart. The connectivity readout keeps
+ROI identity: each ROI's final tokens over the window (``T/P`` patches x ``D`` features) are
+centred on the mean over ROIs at each (patch, feature), the ROIs are correlated with each
+other on these trajectories and Fisher-z transformed, giving an ``R x R`` "token
+connectivity" per window. With ``readout_dim = k > 0`` each ROI's row (minus the training
+cohort's mean matrix) is projected on ``k`` axes fitted without labels on the training cohort
+(:func:`fit_connectivity_readout`, principal axes of the rows), so the embedding is ``R * k``
+(ROI-major) like BrainMass's ``8 R``; with ``readout_dim = 0`` it is the upper triangle.
 
 ``BrainJEPAConfig.official("small" | "base" | "large")`` gives the published layouts (450 ROIs,
 160 frames, patch 16, 30 gradients); the ``state_dict()`` of such an encoder has exactly the keys
@@ -44,7 +56,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["BrainJEPAConfig", "BrainJEPAEncoder", "GradientPositionalCode", "official_state_shapes",
-           "sincos_1d", "OFFICIAL_SIZES"]
+           "sincos_1d", "OFFICIAL_SIZES", "READOUTS", "fit_connectivity_readout"]
+
+#: embedding readouts: the official mean pool and bidsfm's token connectivity
+READOUTS = ("mean", "connectivity")
 
 #: official ViT layouts: size -> (embed_dim, depth, n_heads)
 OFFICIAL_SIZES = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
@@ -76,6 +91,13 @@ class BrainJEPAConfig:
         Bias in the qkv projection (True in the official models).
     norm_eps : float
         LayerNorm epsilon (1e-6 in the official models).
+    readout : str
+        ``mean`` (official: mean of the final tokens, ``D``) or ``connectivity`` (bidsfm:
+        Fisher-z correlation between ROIs of their token trajectories, see the module
+        docstring).
+    readout_dim : int
+        Axes per ROI of the connectivity readout (embedding ``R * readout_dim``); 0 keeps the
+        upper triangle (``R (R - 1) / 2``). Ignored by ``mean``.
     """
 
     n_rois: int = 200
@@ -88,8 +110,15 @@ class BrainJEPAConfig:
     n_gradients: int = 30
     qkv_bias: bool = True
     norm_eps: float = 1e-6
+    readout: str = "mean"
+    readout_dim: int = 0
 
     def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got "
+                             f"{self.readout!r}")
+        if int(self.readout_dim) < 0 or int(self.readout_dim) > self.n_rois:
+            raise ValueError(f"readout_dim must be in 0..{self.n_rois}")
         if self.n_frames % self.patch_size:
             raise ValueError(f"n_frames {self.n_frames} is not a multiple of patch_size "
                              f"{self.patch_size}")
@@ -109,6 +138,15 @@ class BrainJEPAConfig:
     def n_tokens(self) -> int:
         """Tokens per sample (``R * T // P``)."""
         return self.n_rois * self.n_patches
+
+    @property
+    def embedding_size(self) -> int:
+        """Length of the embedding the readout produces."""
+        if self.readout == "mean":
+            return self.embed_dim
+        if self.readout_dim:
+            return self.n_rois * self.readout_dim
+        return self.n_rois * (self.n_rois - 1) // 2
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (stored in model cards)."""
@@ -331,11 +369,26 @@ class BrainJEPAEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         init_vit_weights(self, self.blocks)
         self.register_buffer("gradients", grads.float().clone(), persistent=False)
+        k = cfg.readout_dim if cfg.readout == "connectivity" else 0
+        self.register_buffer("readout_centre", torch.zeros(cfg.n_rois, cfg.n_rois),
+                             persistent=False)
+        self.register_buffer("readout_basis", torch.zeros(cfg.n_rois, k), persistent=False)
 
     @property
     def embedding_dim(self) -> int:
-        """Size of :meth:`embed`'s output (``D``)."""
-        return self.config.embed_dim
+        """Size of :meth:`embed`'s output (``D``, or the connectivity readout's size)."""
+        return self.config.embedding_size
+
+    def set_readout(self, centre: Tensor | np.ndarray, basis: Tensor | np.ndarray) -> None:
+        """Set the connectivity readout's cohort mean (R x R) and axes (R x readout_dim)."""
+        c = torch.as_tensor(np.asarray(centre, dtype=np.float32))
+        b = torch.as_tensor(np.asarray(basis, dtype=np.float32))
+        if c.shape != self.readout_centre.shape or b.shape != self.readout_basis.shape:
+            raise ValueError(f"readout tensors must be {tuple(self.readout_centre.shape)} and "
+                             f"{tuple(self.readout_basis.shape)}, got {tuple(c.shape)} and "
+                             f"{tuple(b.shape)}")
+        self.readout_centre.copy_(c.to(self.readout_centre.device))
+        self.readout_basis.copy_(b.to(self.readout_basis.device))
 
     def set_gradients(self, gradients: Tensor | np.ndarray) -> None:
         """Replace the ROI gradients (``(R, G)``)."""
@@ -391,12 +444,61 @@ class BrainJEPAEncoder(nn.Module):
         return self.norm(h)
 
     def embed(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Mean of the final tokens over valid ROIs: (B, R, T) -> (B, D)."""
+        """Embedding of each window: (B, R, T) -> (B, embedding_dim).
+
+        ``mean``: mean of the final tokens over valid ROIs. ``connectivity``: the projected
+        token connectivity (see the module docstring).
+        """
         tokens = self.forward(x, valid)
+        if self.config.readout == "connectivity":
+            z = self.token_connectivity(tokens, valid)
+            k = self.config.readout_dim
+            if k == 0:
+                iu = torch.triu_indices(z.shape[1], z.shape[1], offset=1, device=z.device)
+                return z[:, iu[0], iu[1]]
+            dev = z - self.readout_centre.to(z.dtype)
+            if valid is not None:
+                vr = valid.to(z.dtype)
+                dev = dev * vr[:, :, None] * vr[:, None, :]
+            return (dev @ self.readout_basis.to(z.dtype)).flatten(1)
         if valid is None:
             return tokens.mean(dim=1)
         w = self.token_valid(valid).to(tokens.dtype).unsqueeze(-1)
         return (tokens * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+    def token_connectivity(self, tokens: Tensor, valid: Tensor | None = None,
+                           clip: float = 0.999) -> Tensor:
+        """Fisher-z correlation between ROIs of their token trajectories.
+
+        Parameters
+        ----------
+        tokens : Tensor
+            (B, N, D) final tokens (ROI-major).
+        valid : Tensor, optional
+            (B, R) ROI validity; missing ROIs are left out of the centring and get all-zero
+            rows and columns.
+        clip : float
+            Correlations are clipped to ``[-clip, clip]`` before ``arctanh``.
+
+        Returns
+        -------
+        Tensor
+            (B, R, R), zero diagonal.
+        """
+        b, _, d = tokens.shape
+        r, p = self.config.n_rois, self.config.n_patches
+        t = tokens.float().reshape(b, r, p * d)
+        if valid is None:
+            vr = torch.ones(b, r, device=t.device)
+        else:
+            vr = valid.to(t.dtype)
+        centre = (t * vr[..., None]).sum(1, keepdim=True) / vr.sum(1).clamp_min(1.0)[:, None, None]
+        t = t - centre
+        t = t - t.mean(dim=-1, keepdim=True)
+        t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        c = (t @ t.transpose(1, 2)).clamp(-clip, clip)
+        z = torch.atanh(c) * (1.0 - torch.eye(r, device=t.device, dtype=t.dtype))
+        return z * vr[:, :, None] * vr[:, None, :]
 
 
 def embed_runs(encoder: BrainJEPAEncoder, runs: list[tuple[np.ndarray, np.ndarray]],
@@ -432,3 +534,63 @@ def embed_runs(encoder: BrainJEPAEncoder, runs: list[tuple[np.ndarray, np.ndarra
     np.add.at(emb, owner, out)
     emb /= np.bincount(owner, minlength=len(runs))[:, None]
     return emb.astype(np.float32)
+
+
+def fit_connectivity_readout(encoder: BrainJEPAEncoder,
+                             runs: list[tuple[np.ndarray, np.ndarray]], batch_size: int = 32
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit the connectivity readout's cohort mean and per-ROI axes (no labels used).
+
+    Each run's token connectivity (windows averaged) is computed; the centre is their mean and
+    the axes are the leading right singular vectors of all runs' centred rows (missing ROIs
+    left out), so every ROI's row is summarised by its coordinates on the cohort's main axes
+    of variation in connectivity profiles.
+
+    Parameters
+    ----------
+    encoder : BrainJEPAEncoder
+        A ``connectivity`` encoder with ``readout_dim > 0`` (eval mode).
+    runs : list of (np.ndarray, np.ndarray)
+        Prepared runs ``(windows (W, R, T), valid (R,))`` of the training cohort.
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    centre : np.ndarray
+        (R, R) mean token connectivity.
+    basis : np.ndarray
+        (R, k) orthonormal axes.
+    explained : np.ndarray
+        (k,) fraction of the centred rows' variance on each axis.
+    """
+    cfg = encoder.config
+    if cfg.readout != "connectivity" or cfg.readout_dim < 1:
+        raise ValueError("fit_connectivity_readout needs readout='connectivity' and "
+                         "readout_dim >= 1")
+    device = next(encoder.parameters()).device
+    mats, valids = [], []
+    with torch.no_grad():
+        for wins, valid in runs:
+            acc = np.zeros((cfg.n_rois, cfg.n_rois))
+            v = torch.from_numpy(np.repeat(valid[None], len(wins), axis=0)).to(device)
+            for s in range(0, len(wins), batch_size):
+                x = torch.from_numpy(wins[s:s + batch_size].astype(np.float32)).to(device)
+                z = encoder.token_connectivity(encoder(x, v[s:s + batch_size]),
+                                               v[s:s + batch_size])
+                acc += z.double().sum(0).cpu().numpy()
+            mats.append(acc / len(wins))
+            valids.append(np.asarray(valid, dtype=bool))
+    stack = np.stack(mats)
+    both = np.stack([np.outer(v, v) for v in valids])
+    centre = (stack * both).sum(0) / np.maximum(both.sum(0), 1)
+    rows = ((stack - centre) * both).reshape(-1, cfg.n_rois)
+    rows = rows[np.repeat(np.stack(valids), 1, axis=0).reshape(-1)]
+    _, sv, vt = np.linalg.svd(rows, full_matrices=False)
+    k = cfg.readout_dim
+    basis = vt[:k].T
+    # deterministic signs: the largest-magnitude entry of each axis is positive
+    signs = np.sign(basis[np.abs(basis).argmax(0), np.arange(k)])
+    basis = basis * np.where(signs == 0, 1.0, signs)
+    explained = sv[:k] ** 2 / np.sum(sv ** 2)
+    return centre.astype(np.float32), basis.astype(np.float32), explained

@@ -335,6 +335,14 @@ GRADIENT_CITATIONS = [
 ]
 
 
+VARIANCE_TERM_CITATIONS = [
+    "Bardes A., Ponce J. & LeCun Y. (2022) VICReg: Variance-invariance-covariance "
+    "regularization for self-supervised learning. ICLR 2022.",
+    "Mo S. & Tong S. (2024) Connecting joint-embedding predictive architecture with contrastive "
+    "self-supervised learning. NeurIPS 2024.",
+]
+
+
 def abide_gradients(series: list[np.ndarray], n_components: int = 30) -> np.ndarray:
     """Functional gradients of CC200 from the group FC of the ABIDE participants."""
     from .gradients import functional_gradients, group_fc
@@ -379,17 +387,115 @@ def ts_input_card(spec) -> dict[str, Any]:
         "windows": f"{spec.n_frames}-frame windows {spec.window_stride} frames apart, "
                    "embeddings averaged; runs shorter than "
                    f"{spec.min_seconds:g} s are skipped with a reason",
-        "missing_rois": "n/a, NaN and constant ROIs are set to 0 and excluded as attention keys "
-                        "and from the mean pool",
+        "missing_rois": "n/a, NaN and constant ROIs are set to 0, excluded as attention keys "
+                        "and left out of the readout (mean pool, or zero rows/columns of the "
+                        "token connectivity)",
     }
+
+
+def readout_section(enc_cfg) -> dict[str, Any]:
+    """The card's ``readout`` section of a time-series model (filled further when fitted)."""
+    if enc_cfg.readout == "mean":
+        return {"kind": "mean", "short": "mean-pooled embedding",
+                "description": "mean of the final tokens over valid ROIs (official readout)"}
+    k = enc_cfg.readout_dim
+    size = f"{enc_cfg.n_rois} ROIs x {k} axes" if k else "upper triangle"
+    return {"kind": "connectivity", "readout_dim": k,
+            "short": f"token-connectivity readout ({size})",
+            "description": "per window, each ROI's final tokens (time patches x features) "
+                           "centred on the mean over ROIs, Pearson correlation between ROIs, "
+                           "Fisher z; " + (f"each ROI's row minus the cohort mean matrix "
+                                           f"projected on {k} axes fitted without labels "
+                                           "(principal axes of the training cohort's rows), "
+                                           "embedding ROI-major; " if k else "")
+                           + "windows averaged (bidsfm readout, not in the official model)"}
+
+
+def fit_abide_readout(encoder, series: list[np.ndarray], trs: np.ndarray, spec,
+                      card_section: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Fit the connectivity readout of ``encoder`` on the ABIDE runs (no labels).
+
+    Sets it on the encoder and returns the tensors to store (``readout.centre``,
+    ``readout.basis``); fills ``card_section`` with the explained variance.
+    """
+    from .brainjepa import fit_connectivity_readout
+    from .resample import prepare_run
+
+    runs = [prepare_run(ts, float(tr), spec, name=f"run {i}")
+            for i, (ts, tr) in enumerate(zip(series, trs, strict=True))]
+    centre, basis, explained = fit_connectivity_readout(encoder, runs)
+    encoder.set_readout(centre, basis)
+    if card_section is not None:
+        card_section.update({
+            "tensors": "readout.centre (R x R), readout.basis (R x k) in weights.safetensors",
+            "fitted_on": f"the {len(runs)} ABIDE training runs, without labels",
+            "explained_variance": [round(float(e), 4) for e in explained],
+            "explained_variance_total": round(float(explained.sum()), 4)})
+    return {"readout.centre": centre, "readout.basis": basis}
+
+
+def random_control_validation(enc_cfg, grads: np.ndarray, seed: int, series: list[np.ndarray],
+                              trs: np.ndarray, spec, pheno: pd.DataFrame
+                              ) -> dict[str, dict[str, Any]]:
+    """Leave-one-site-out figures of the untrained encoder (the pretraining's seed-``seed``
+    initialisation) with the same readout procedure and heads."""
+    import torch
+
+    from .brainjepa import BrainJEPAEncoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = BrainJEPAEncoder(enc_cfg, grads).eval()
+    if enc_cfg.readout == "connectivity" and enc_cfg.readout_dim:
+        fit_abide_readout(encoder, series, trs, spec)
+    return evaluate(abide_ts_embeddings(encoder, series, trs, spec), pheno)
+
+
+def pretraining_gain(validation: dict[str, dict[str, Any]],
+                     control: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Compare each head with the random-weight control.
+
+    A head counts as improved by pretraining when its leave-one-site-out AUC lies above the
+    control's 95% bootstrap interval (MAE below it, for regression heads).
+
+    Returns
+    -------
+    dict
+        ``improved`` (head names), ``comparison`` (one "head metric model vs control" line per
+        head) and ``warning`` (a sentence for the card when no head improved, else None).
+    """
+    improved, lines = [], []
+    for head, res in validation.items():
+        ctrl = control.get(head)
+        if not ctrl:
+            continue
+        key = "auc" if "auc" in res else "mae"
+        lo, hi = ctrl[f"{key}_ci95"]
+        better = res[key] > hi if key == "auc" else res[key] < lo
+        if better:
+            improved.append(head)
+        lines.append(f"{head} {key.upper()} {res[key]:.3f} vs {ctrl[key]:.3f} "
+                     f"(control 95% CI {lo:.3f}-{hi:.3f})")
+    warning = None
+    if not improved:
+        warning = ("leave-one-site-out on ABIDE this model is no better than the same "
+                   "architecture with random weights (" + "; ".join(lines) + "): what it "
+                   "predicts comes from its readout, not from what its JEPA pretraining "
+                   "learned. Read its predictions with the card's leave-site-out figures, not "
+                   "as the output of a pretrained time-series foundation model.")
+    return {"improved": improved, "comparison": lines, "warning": warning}
 
 
 def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None,
                    enc_cfg=None, jepa_cfg=None, spec=None, name: str = "bidsfmts",
-                   version: str = "1.0.0", max_subjects: int | None = None,
+                   version: str = "1.1.0", max_subjects: int | None = None,
                    log_path: str | Path | None = None, max_seconds: float | None = None,
-                   log=print) -> dict[str, Any]:
+                   random_control: bool = True, log=print) -> dict[str, Any]:
     """JEPA-pretrain the Brain-JEPA-style encoder on ABIDE, fit heads, evaluate, save.
+
+    With ``random_control`` the card's ``validation.random_weight_control`` holds the same
+    leave-one-site-out figures for the encoder's starting point (same seed, untrained weights,
+    its own readout axes fitted the same way), so the card says what pretraining added.
 
     Returns
     -------
@@ -417,10 +523,26 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
     encoder = encoder.cpu().eval()
     log(f"pretrained {len(logs)} epoch(s) in {train_seconds:.0f} s; last {logs[-1]}")
     t0 = time.time()
+    extra = {"gradients": grads}
+    readout_card = readout_section(enc_cfg)
+    if enc_cfg.readout == "connectivity" and enc_cfg.readout_dim:
+        extra.update(fit_abide_readout(encoder, series, trs, spec, readout_card))
+        log(f"connectivity readout fitted in {time.time() - t0:.0f} s: "
+            f"{readout_card['explained_variance_total']:.3f} of the row variance on "
+            f"{enc_cfg.readout_dim} axes")
+    t0 = time.time()
     emb = abide_ts_embeddings(encoder, series, trs, spec)
     log(f"embedded {len(emb)} runs in {time.time() - t0:.0f} s")
     validation = evaluate(emb, pheno)
     heads = fit_bundled_heads(emb, pheno, validation)
+    control = None
+    if random_control:
+        t0 = time.time()
+        control = random_control_validation(enc_cfg, grads, jepa_cfg.seed, series, trs, spec,
+                                            pheno)
+        log(f"random-weight control embedded and evaluated in {time.time() - t0:.0f} s")
+    gain = None if control is None else pretraining_gain(
+        {h: m for h, m in validation.items()}, control)
     n_vol = [len(s) for s in series]
     card: dict[str, Any] = {
         "name": name,
@@ -428,15 +550,16 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
         "family": "brainjepa",
         "description": "Brain-JEPA-style time-series encoder ((ROI, time-patch) tokens, "
                        "pre-norm ViT, sin/cos time code + learned projection of functional "
-                       "gradients, mean-pooled embedding) pretrained by the bidsfm developers "
-                       "with JEPA spatiotemporal masking, TR-aware input, with linear heads on "
-                       "the frozen embedding.",
+                       f"gradients, {readout_card['short']}) pretrained by the bidsfm "
+                       "developers with JEPA spatiotemporal masking, TR-aware input, with "
+                       "linear heads on the frozen embedding.",
         "atlas": {"name": "CC200", "template": "MNI152NLin6Asym", "n_rois": 200,
                   "roi_order": "ascending CC200 label (1..200)",
                   "roi_names": [f"CC200_{i:03d}" for i in range(1, 201)]},
         "input": ts_input_card(spec),
         "encoder_config": enc_cfg.to_dict(),
         "embedding_size": int(emb.shape[1]),
+        "readout": readout_card,
         "gradients": {
             "tensor": "gradients (R x G) in weights.safetensors",
             "n_components": int(grads.shape[1]),
@@ -466,17 +589,21 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
         },
         "validation": {
             "scheme": "leave-one-site-out over the 16 training sites; heads refitted without "
-                      "each site (inner hyper-parameter search grouped by site). The encoder "
-                      "and the gradients were fitted (without labels) on all 16 sites.",
+                      "each site (inner hyper-parameter search grouped by site). The encoder, "
+                      "the gradients and the readout axes were fitted (without labels) on all "
+                      "16 sites.",
+            **({"random_weight_control": control} if control is not None else {}),
         },
+        **({"warning": gain["warning"]} if gain and gain["warning"] else {}),
         "attribution": {"method": "integrated gradients over the input windows",
                         "baseline": "all-zero z-scored series (every ROI at its run mean)",
                         "roi_score": "sum over the ROI's time points, averaged over windows"},
         "licence": "Weights: CC BY-NC-SA 4.0 (trained on ABIDE under its data usage "
                    "agreement); code: Apache-2.0.",
-        "citation": [BRAINJEPA_CITATION] + GRADIENT_CITATIONS + ABIDE_CITATION,
+        "citation": [BRAINJEPA_CITATION] + GRADIENT_CITATIONS + ABIDE_CITATION
+        + (VARIANCE_TERM_CITATIONS if jepa_cfg.var_weight or jepa_cfg.cov_weight else []),
     }
-    save_model(out_dir, card, encoder, heads, extra_tensors={"gradients": grads})
+    save_model(out_dir, card, encoder, heads, extra_tensors=extra)
     import json
 
     return json.loads((Path(out_dir) / "card.json").read_text())

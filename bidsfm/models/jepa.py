@@ -60,8 +60,8 @@ from .brainjepa import (
 __all__ = ["JEPAConfig", "MaskSet", "sample_masks", "BrainJEPAPredictor", "JEPAPretrainer",
            "fit_jepa", "pretrain_jepa", "random_windows", "JEPA_LOG_COLUMNS"]
 
-JEPA_LOG_COLUMNS = ("epoch", "loss", "cross_roi", "cross_time", "double_cross", "lr",
-                    "momentum", "seconds")
+JEPA_LOG_COLUMNS = ("epoch", "loss", "cross_roi", "cross_time", "double_cross", "variance",
+                    "covariance", "lr", "momentum", "seconds")
 
 
 @dataclass
@@ -95,6 +95,15 @@ class JEPAConfig:
         ``auto``, ``cpu`` or ``cuda[:N]``.
     bf16 : bool
         bfloat16 autocast on CUDA.
+    var_weight, var_target, cov_weight : float
+        Optional variance-covariance regulariser of the context tokens (0 disables; the
+        official Brain-JEPA has none): each context token is layer-normed (no affine), the
+        batch mean of the tokens at the same (ROI, time-patch) position is subtracted, and
+        ``var_weight * mean(relu(var_target - std_d))`` (std of each feature over the batch's
+        residual tokens) plus ``cov_weight * sum(offdiag(cov)^2) / D`` is added to the loss.
+        It keeps the part of a token that differs between participants from shrinking to
+        nothing, the collapse seen with short runs of plain JEPA on small cohorts (VICReg:
+        Bardes et al. 2022; C-JEPA: Mo & Tong 2024).
     """
 
     epochs: int = 20
@@ -114,6 +123,9 @@ class JEPAConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
+    var_weight: float = 0.0
+    var_target: float = 0.5
+    cov_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.context_roi = tuple(self.context_roi)  # type: ignore[assignment]
@@ -332,7 +344,50 @@ class JEPAPretrainer(nn.Module):
             sl = slice(start, start + idx.shape[1])
             out[name] = (err[:, sl] * w[:, sl]).sum() / w[:, sl].sum().clamp_min(1.0)
             start += idx.shape[1]
+        var, cov = self.regulariser(ctx, masks.context, ctx_valid)
+        out["variance"], out["covariance"] = var, cov
+        if self.cfg.var_weight > 0 or self.cfg.cov_weight > 0:
+            out["loss"] = (out["loss"] + self.cfg.var_weight * var
+                           + self.cfg.cov_weight * cov)
         return out
+
+    def regulariser(self, ctx: Tensor, index: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Variance hinge and covariance penalty of the position-centred context tokens.
+
+        Parameters
+        ----------
+        ctx : Tensor
+            (B, K, D) context-encoder tokens.
+        index : Tensor
+            (B, K) their token positions.
+        valid : Tensor
+            (B, K) bool, False for missing-ROI tokens (left out).
+
+        Returns
+        -------
+        tuple of Tensor
+            ``mean(relu(var_target - std))`` and ``sum(offdiag(cov) ** 2) / D``.
+        """
+        z = F.layer_norm(ctx.float(), (ctx.shape[-1],))
+        d = z.shape[-1]
+        flat_z, flat_i = z.reshape(-1, d), index.reshape(-1)
+        keep = valid.reshape(-1).float().unsqueeze(-1)
+        n_tok = self.encoder.config.n_tokens
+        sums = torch.zeros(n_tok, d, device=z.device).index_add(0, flat_i, flat_z * keep)
+        counts = torch.zeros(n_tok, 1, device=z.device).index_add(0, flat_i, keep)
+        shared = counts[flat_i] > 1
+        resid = (flat_z - (sums / counts.clamp_min(1.0))[flat_i])
+        # positions seen once in the batch carry no between-participant information
+        resid = resid[(shared & (keep > 0)).squeeze(-1)]
+        if resid.shape[0] < 2:
+            zero = z.sum() * 0.0
+            return zero, zero
+        resid = resid - resid.mean(dim=0)
+        std = torch.sqrt(resid.var(dim=0) + 1e-4)
+        var = F.relu(self.cfg.var_target - std).mean()
+        c = resid.T @ resid / (resid.shape[0] - 1)
+        cov = (c.pow(2).sum() - c.diagonal().pow(2).sum()) / d
+        return var, cov
 
 
 # ----------------------------------------------------------------------------------- training
@@ -429,7 +484,8 @@ def _fit(model: JEPAPretrainer, runs: Sequence[tuple[np.ndarray, np.ndarray]], c
         model.train()
         t0 = time.perf_counter()
         order = rng.permutation(n)
-        sums = dict.fromkeys(("loss", "cross_roi", "cross_time", "double_cross"), 0.0)
+        sums = dict.fromkeys(("loss", "cross_roi", "cross_time", "double_cross", "variance",
+                              "covariance"), 0.0)
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             x, valid = random_windows(runs, idx, ecfg.n_frames, rng)
@@ -529,7 +585,8 @@ def jepa_command(out_dir: Path, *, npz: Path | None, participants: Path | None,
                  bidsfm_dir: Path | None, atlas: str, epochs: int, batch_size: int, lr: float,
                  depth: int, heads: int, dim: int, patch: int, frames: int, target_tr: float,
                  tr: float | None, gradients_tsv: Path | None, seed: int, device: str,
-                 max_subjects: int | None) -> Path:
+                 max_subjects: int | None, readout: str = "mean", readout_dim: int = 8,
+                 var_weight: float = 0.0, cov_weight: float = 0.0) -> Path:
     """``bidsfm-pretrain --family brainjepa``: pretrain and save a headless model folder.
 
     Returns
@@ -579,27 +636,47 @@ def jepa_command(out_dir: Path, *, npz: Path | None, participants: Path | None,
         grads = functional_gradients(group_fc(fcs), n_components=min(30, n_rois - 1))
         source = f"group FC of the {len(series)} training runs"
     enc_cfg = BrainJEPAConfig(n_rois=n_rois, n_frames=frames, patch_size=patch, embed_dim=dim,
-                              depth=depth, n_heads=heads, n_gradients=grads.shape[1])
+                              depth=depth, n_heads=heads, n_gradients=grads.shape[1],
+                              readout=readout,
+                              readout_dim=readout_dim if readout == "connectivity" else 0)
     cfg = JEPAConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                     warmup_epochs=min(JEPAConfig.warmup_epochs, epochs / 5))
+                     warmup_epochs=min(JEPAConfig.warmup_epochs, epochs / 5),
+                     var_weight=var_weight, cov_weight=cov_weight)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     encoder, logs = pretrain_jepa(runs, enc_cfg, grads, cfg, log_path=out_dir / "pretrain_log.tsv")
     elapsed = time.perf_counter() - t0
+    encoder = encoder.cpu().eval()
+    extra = {"gradients": grads}
+    readout_card: dict[str, Any] = {"kind": readout}
+    if readout == "connectivity" and enc_cfg.readout_dim:
+        from .brainjepa import fit_connectivity_readout
+        from .resample import window_starts
+
+        prepared = []
+        for z, valid in runs:
+            starts = window_starts(len(z), frames, spec.window_stride) or [0]
+            prepared.append((np.stack([z[s:s + frames].T for s in starts]), valid))
+        centre, basis, explained = fit_connectivity_readout(encoder, prepared)
+        encoder.set_readout(centre, basis)
+        extra.update({"readout.centre": centre, "readout.basis": basis})
+        readout_card.update({"readout_dim": enc_cfg.readout_dim,
+                             "fitted_on": f"the {len(runs)} training runs, without labels",
+                             "explained_variance_total": round(float(explained.sum()), 4)})
     card = {
         "name": out_dir.name, "version": "0.1.0", "family": "brainjepa",
         "description": "Brain-JEPA-style time-series encoder pretrained with bidsfm-pretrain "
                        "--family brainjepa (no heads).",
         "atlas": {"name": atlas, "n_rois": n_rois, "roi_names": roi_names},
         "input": ts_input_card(spec), "encoder_config": enc_cfg.to_dict(),
-        "embedding_size": dim,
+        "embedding_size": enc_cfg.embedding_size, "readout": readout_card,
         "gradients": {"tensor": "gradients", "n_components": int(grads.shape[1]),
                       "source": source},
         "pretraining": {"config": cfg.to_dict(), "epochs_run": len(logs), "final_epoch": logs[-1],
                         "seconds": round(elapsed, 1), "n_runs": len(runs), "runs": kept},
     }
-    save_model(out_dir, card, encoder.cpu(), [], extra_tensors={"gradients": grads})
+    save_model(out_dir, card, encoder, [], extra_tensors=extra)
     click.echo(f"bidsfm-pretrain: brainjepa, {len(runs)} runs x {n_rois} ROIs, {len(logs)} "
                f"epoch(s) in {elapsed:.1f} s; loss {logs[-1]['loss']:.4f} -> {out_dir}")
     return out_dir

@@ -711,13 +711,25 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> B
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="[brainjepa] ROI gradients TSV from bidsfm-gradients (default: computed "
                    "from the group FC of the training runs).")
+@click.option("--readout", type=click.Choice(["mean", "connectivity"]), default="mean",
+              show_default=True, help="[brainjepa] embedding readout: the official mean pool, "
+              "or bidsfm's token connectivity (its axes are fitted on the training runs).")
+@click.option("--readout-dim", type=int, default=8, show_default=True,
+              help="[brainjepa] axes per ROI of the connectivity readout (0: upper triangle).")
+@click.option("--var-weight", type=float, default=0.0, show_default=True,
+              help="[brainjepa] weight of the variance hinge on context tokens (0: plain JEPA; "
+                   "bidsfmts uses 1.0).")
+@click.option("--cov-weight", type=float, default=0.0, show_default=True,
+              help="[brainjepa] weight of the covariance penalty (bidsfmts uses 0.04).")
 def pretrain_command(out_dir: Path, npz: Path | None, participants: Path | None,
                      bidsfm_dir: Path | None, atlas: str, epochs: int, batch_size: int, lr: float,
                      layers: int, heads: int, ff_dim: int, no_roi_embedding: bool, seed: int,
                      device: str, max_subjects: int | None, no_progress: bool,
                      family: str = "brainmass", tr: float | None = None, target_tr: float = 2.0,
                      frames: int = 64, patch: int = 16, dim: int = 96,
-                     gradients_tsv: Path | None = None) -> None:
+                     gradients_tsv: Path | None = None, readout: str = "mean",
+                     readout_dim: int = 8, var_weight: float = 0.0,
+                     cov_weight: float = 0.0) -> None:
     """Pretrain a foundation-model encoder and save it in OUT_DIR.
 
     Data come either from an npz of ROI time series plus its participants.tsv, or from a bidsfm
@@ -735,7 +747,8 @@ def pretrain_command(out_dir: Path, npz: Path | None, participants: Path | None,
                          atlas=atlas, epochs=epochs, batch_size=batch_size, lr=lr, depth=layers,
                          heads=heads, dim=dim, patch=patch, frames=frames, target_tr=target_tr,
                          tr=tr, gradients_tsv=gradients_tsv, seed=seed, device=device,
-                         max_subjects=max_subjects)
+                         max_subjects=max_subjects, readout=readout, readout_dim=readout_dim,
+                         var_weight=var_weight, cov_weight=cov_weight)
         except (ConfigError, InputDataError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
         return

@@ -297,6 +297,15 @@ class TimeSeriesModel:
                               f"got {got}", path=path)
         encoder = BrainJEPAEncoder(cfg, grads)
         load_encoder_state(encoder, tensors, path)
+        if cfg.readout == "connectivity" and cfg.readout_dim:
+            centre, basis = tensors.get("readout.centre"), tensors.get("readout.basis")
+            want = ((cfg.n_rois, cfg.n_rois), (cfg.n_rois, cfg.readout_dim))
+            got = tuple(None if t is None else t.shape for t in (centre, basis))
+            if got != want:
+                raise ConfigError(f"connectivity readout tensors readout.centre / readout.basis "
+                                  f"must be {want[0]} / {want[1]}, got {got[0]} / {got[1]}",
+                                  path=path)
+            encoder.set_readout(centre, basis)
         return cls(card=card, encoder=encoder, heads=heads)
 
     def to(self, device: str) -> TimeSeriesModel:
