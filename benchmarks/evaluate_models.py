@@ -133,9 +133,9 @@ def main() -> None:
             rnd = BrainJEPAEncoder(model.encoder.config, model.encoder.gradients.cpu().numpy())
             if rnd.config.readout == "connectivity" and rnd.config.readout_dim:
                 # the control gets its own readout axes, fitted the same way (no labels)
-                from bidsfm.models.build import fit_abide_readout
+                from bidsfm.models.build import fit_abide_readout, prepare_abide_windows
 
-                fit_abide_readout(rnd.eval(), series, trs, model.spec)
+                fit_abide_readout(rnd.eval(), prepare_abide_windows(series, trs, model.spec))
             control = dataclasses.replace(model, encoder=rnd.eval())
             label = f"(b0) {name} architecture, random weights (control)"
             embs[f"{name} random-weight control"] = emb0 = model_embeddings(control, series,

@@ -585,7 +585,7 @@ def fit_connectivity_readout(encoder: BrainJEPAEncoder,
     both = np.stack([np.outer(v, v) for v in valids])
     centre = (stack * both).sum(0) / np.maximum(both.sum(0), 1)
     rows = ((stack - centre) * both).reshape(-1, cfg.n_rois)
-    rows = rows[np.repeat(np.stack(valids), 1, axis=0).reshape(-1)]
+    rows = rows[np.stack(valids).reshape(-1)]
     _, sv, vt = np.linalg.svd(rows, full_matrices=False)
     k = cfg.readout_dim
     basis = vt[:k].T

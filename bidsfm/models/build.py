@@ -354,19 +354,25 @@ def prepare_abide_runs(series: list[np.ndarray], trs: np.ndarray, spec) -> list:
     """Resampled (to ``spec.target_tr``), per-run z-scored series and ROI validity."""
     from .resample import normalise_run, resample_run
 
-    return [normalise_run(resample_run(ts, float(tr), spec.target_tr))
+    return [normalise_run(resample_run(ts, float(tr), spec.target_tr),
+                          method=spec.normalisation)
             for ts, tr in zip(series, trs, strict=True)]
+
+
+def prepare_abide_windows(series: list[np.ndarray], trs: np.ndarray, spec) -> list:
+    """Per run ``(windows (W, R, T), valid (R,))``, as the model API prepares them."""
+    from .resample import prepare_run
+
+    return [prepare_run(ts, float(tr), spec, name=f"run {i}")
+            for i, (ts, tr) in enumerate(zip(series, trs, strict=True))]
 
 
 def abide_ts_embeddings(encoder, series: list[np.ndarray], trs: np.ndarray, spec,
                         batch_size: int = 32) -> np.ndarray:
     """Embeddings of the ABIDE runs (windows averaged) with a time-series encoder."""
     from .brainjepa import embed_runs
-    from .resample import prepare_run
 
-    runs = [prepare_run(ts, float(tr), spec, name=f"run {i}")
-            for i, (ts, tr) in enumerate(zip(series, trs, strict=True))]
-    return embed_runs(encoder, runs, batch_size=batch_size)
+    return embed_runs(encoder, prepare_abide_windows(series, trs, spec), batch_size=batch_size)
 
 
 def ts_input_card(spec) -> dict[str, Any]:
@@ -411,18 +417,16 @@ def readout_section(enc_cfg) -> dict[str, Any]:
                            + "windows averaged (bidsfm readout, not in the official model)"}
 
 
-def fit_abide_readout(encoder, series: list[np.ndarray], trs: np.ndarray, spec,
-                      card_section: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Fit the connectivity readout of ``encoder`` on the ABIDE runs (no labels).
+def fit_abide_readout(encoder, runs: list, card_section: dict[str, Any] | None = None
+                      ) -> dict[str, np.ndarray]:
+    """Fit the connectivity readout of ``encoder`` on prepared ABIDE runs (no labels).
 
-    Sets it on the encoder and returns the tensors to store (``readout.centre``,
-    ``readout.basis``); fills ``card_section`` with the explained variance.
+    ``runs`` are ``(windows, valid)`` pairs (:func:`prepare_abide_windows`). Sets the readout on
+    the encoder and returns the tensors to store (``readout.centre``, ``readout.basis``); fills
+    ``card_section`` with the explained variance.
     """
     from .brainjepa import fit_connectivity_readout
-    from .resample import prepare_run
 
-    runs = [prepare_run(ts, float(tr), spec, name=f"run {i}")
-            for i, (ts, tr) in enumerate(zip(series, trs, strict=True))]
     centre, basis, explained = fit_connectivity_readout(encoder, runs)
     encoder.set_readout(centre, basis)
     if card_section is not None:
@@ -434,21 +438,20 @@ def fit_abide_readout(encoder, series: list[np.ndarray], trs: np.ndarray, spec,
     return {"readout.centre": centre, "readout.basis": basis}
 
 
-def random_control_validation(enc_cfg, grads: np.ndarray, seed: int, series: list[np.ndarray],
-                              trs: np.ndarray, spec, pheno: pd.DataFrame
-                              ) -> dict[str, dict[str, Any]]:
+def random_control_validation(enc_cfg, grads: np.ndarray, seed: int, runs: list,
+                              pheno: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Leave-one-site-out figures of the untrained encoder (the pretraining's seed-``seed``
-    initialisation) with the same readout procedure and heads."""
+    initialisation) with the same readout procedure and heads, on prepared ``runs``."""
     import torch
 
-    from .brainjepa import BrainJEPAEncoder
+    from .brainjepa import BrainJEPAEncoder, embed_runs
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = BrainJEPAEncoder(enc_cfg, grads).eval()
     if enc_cfg.readout == "connectivity" and enc_cfg.readout_dim:
-        fit_abide_readout(encoder, series, trs, spec)
-    return evaluate(abide_ts_embeddings(encoder, series, trs, spec), pheno)
+        fit_abide_readout(encoder, runs)
+    return evaluate(embed_runs(encoder, runs), pheno)
 
 
 def pretraining_gain(validation: dict[str, dict[str, Any]],
@@ -502,10 +505,10 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
     dict
         The model card (also written to ``out_dir/card.json``).
     """
-    from .brainjepa import BrainJEPAConfig
+    from .brainjepa import BrainJEPAConfig, embed_runs
     from .jepa import JEPAConfig, pretrain_jepa
     from .registry import save_model
-    from .resample import InputSpec
+    from .resample import InputSpec, window_run
 
     pheno, series = load_abide(shared_data, max_subjects)
     trs = pheno["repetition_time"].astype(float).to_numpy()
@@ -523,26 +526,26 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
     encoder = encoder.cpu().eval()
     log(f"pretrained {len(logs)} epoch(s) in {train_seconds:.0f} s; last {logs[-1]}")
     t0 = time.time()
+    # the same windows as the model API's (prepare_run), from the runs resampled once above
+    windows = [(window_run(z, spec), valid) for z, valid in runs]
     extra = {"gradients": grads}
     readout_card = readout_section(enc_cfg)
     if enc_cfg.readout == "connectivity" and enc_cfg.readout_dim:
-        extra.update(fit_abide_readout(encoder, series, trs, spec, readout_card))
+        extra.update(fit_abide_readout(encoder, windows, readout_card))
         log(f"connectivity readout fitted in {time.time() - t0:.0f} s: "
             f"{readout_card['explained_variance_total']:.3f} of the row variance on "
             f"{enc_cfg.readout_dim} axes")
     t0 = time.time()
-    emb = abide_ts_embeddings(encoder, series, trs, spec)
+    emb = embed_runs(encoder, windows)
     log(f"embedded {len(emb)} runs in {time.time() - t0:.0f} s")
     validation = evaluate(emb, pheno)
     heads = fit_bundled_heads(emb, pheno, validation)
     control = None
     if random_control:
         t0 = time.time()
-        control = random_control_validation(enc_cfg, grads, jepa_cfg.seed, series, trs, spec,
-                                            pheno)
+        control = random_control_validation(enc_cfg, grads, jepa_cfg.seed, windows, pheno)
         log(f"random-weight control embedded and evaluated in {time.time() - t0:.0f} s")
-    gain = None if control is None else pretraining_gain(
-        {h: m for h, m in validation.items()}, control)
+    gain = None if control is None else pretraining_gain(validation, control)
     n_vol = [len(s) for s in series]
     card: dict[str, Any] = {
         "name": name,

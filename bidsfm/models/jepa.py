@@ -652,12 +652,9 @@ def jepa_command(out_dir: Path, *, npz: Path | None, participants: Path | None,
     readout_card: dict[str, Any] = {"kind": readout}
     if readout == "connectivity" and enc_cfg.readout_dim:
         from .brainjepa import fit_connectivity_readout
-        from .resample import window_starts
+        from .resample import window_run
 
-        prepared = []
-        for z, valid in runs:
-            starts = window_starts(len(z), frames, spec.window_stride) or [0]
-            prepared.append((np.stack([z[s:s + frames].T for s in starts]), valid))
+        prepared = [(window_run(z, spec), valid) for z, valid in runs]
         centre, basis, explained = fit_connectivity_readout(encoder, prepared)
         encoder.set_readout(centre, basis)
         extra.update({"readout.centre": centre, "readout.basis": basis})

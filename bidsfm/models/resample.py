@@ -207,5 +207,19 @@ def prepare_run(ts: np.ndarray, tr: float, spec: InputSpec, name: str = "run"
                           f"{spec.min_seconds:.0f} s")
     if not valid.any():
         raise InputDataError(f"{name}: no ROI has a usable (finite, non-constant) signal")
-    win = np.stack([z[s:s + spec.n_frames].T for s in starts]).astype(np.float32)
-    return win, valid
+    return window_run(z, spec), valid
+
+
+def window_run(z: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Cut a resampled, normalised ``(T, R)`` run into the model's windows ``(W, R, n_frames)``.
+
+    Raises
+    ------
+    ValueError
+        If the run is shorter than one window (:func:`prepare_run` reports that case with the
+        run's name and duration first).
+    """
+    starts = window_starts(z.shape[0], spec.n_frames, spec.window_stride)
+    if not starts:
+        raise ValueError(f"{z.shape[0]} frames are shorter than a {spec.n_frames}-frame window")
+    return np.stack([z[s:s + spec.n_frames].T for s in starts]).astype(np.float32)
