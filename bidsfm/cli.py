@@ -24,6 +24,9 @@ from . import __version__
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 LOGGER = logging.getLogger("bidsfm")
+#: ``--harmonize-method`` default; equals bidsfm.group.harmonize.DEFAULT_METHOD (a test checks),
+#: repeated here so that the command line imports no numpy
+DEFAULT_HARMONIZE_METHOD = "combat"
 
 #: options that take several space-separated values (``--participant-label 01 02``)
 GREEDY_OPTIONS = ("--participant-label", "--participant_label", "--session-label",
@@ -189,6 +192,13 @@ def _float_or_none(value: Any) -> float | None:
               show_default=True,
               help="Group level: at most this many participants for a new head's ROI "
                    "attention (0 = none).")
+@click.option("--harmonize", "--harmonise", "harmonize", default=None, metavar="COLUMN",
+              help="Group level: remove site effects from the features before the heads and "
+                   "normative scores, by this participants.tsv column (e.g. site); label-free.")
+@click.option("--harmonize-method", "--harmonise-method", "harmonize_method",
+              type=click.Choice(["combat", "centre"]), default=DEFAULT_HARMONIZE_METHOD,
+              show_default=True,
+              help="Group level: ComBat (empirical Bayes, neuroHarmonize) or per-site centring.")
 @click.option("--no-qcfc", is_flag=True, help="Group level: skip QC-FC.")
 @click.option("-w", "--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Nipype work directory (caching, crash files). Default: ./work.")
@@ -273,6 +283,12 @@ def resolve_heads(specs: tuple[str, ...], model: dict[str, str] | None) -> list[
             name, path = "", spec
         head_card = read_head_card(path)
         check_head_model(head_card, card, path)
+        harm = head_card.get("harmonization")
+        if isinstance(harm, dict) and harm.get("method"):
+            LOGGER.warning("head %s was fitted on site-harmonised embeddings (%s by %s); here "
+                           "it sees this run's raw embedding, so its outputs keep this site's "
+                           "offset (see docs/group.md)", head_card["name"], harm.get("method"),
+                           harm.get("column"))
         final = name or str(head_card["name"])
         if final in taken:
             if name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -148,6 +149,63 @@ def test_rerun_is_idempotent(cohort):
     for n in names:
         assert (g / n).read_bytes() == before[n], n
     assert not [p for p in g.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize("method", ["centre", "combat"])
+def test_group_harmonize_site(cohort, tmp_path, capsys, caplog, method):
+    """--harmonize site on a copy of the outputs: heads and normative scores use harmonised
+    embeddings; group.json, metrics.json, the head card and group.html record it."""
+    out = tmp_path / "out"
+    shutil.copytree(cohort["out"], out)
+    ptsv = cohort["args"][cohort["args"].index("--participants-tsv") + 1]
+    args = [cohort["ds"]["root"], out, "group", "--participants-tsv", ptsv, "--target",
+            "diagnosis", "--group-column", "site", "--reference", "diagnosis=ASD",
+            "--n-bootstrap", "100", "--harmonize", "site", "--harmonize-method", method,
+            "--attention-participants", "0", "--no-qcfc"]
+    code, _ = run_cli(args)
+    assert code == 0
+    g = out / "group"
+    meta = json.loads((g / "group.json").read_text())
+    harm = meta["harmonization"]
+    assert harm["column"] == "site" and harm["method"] == method
+    assert meta["options"]["harmonize"] == "site"
+    assert meta["options"]["harmonize_method"] == method
+    # sites A and B have 2 participants each; site C's single participant is left as it is
+    assert harm["n_sites"] == 2 and harm["n_adjusted"] == 4
+    assert harm["unadjusted_participants"] == ["sub-03"] and harm["unadjusted_sites"] == ["siteC"]
+    assert "no target labels" in harm["fitted_on"]
+    metrics = json.loads((g / "target-diagnosis" / "metrics.json").read_text())
+    assert metrics["harmonization"]["method"] == method
+    card = json.loads((g / "target-diagnosis" / "head" / "card.json").read_text())
+    assert card["harmonization"]["column"] == "site"
+    norm = json.loads((g / "normative" / "method.json").read_text())
+    assert norm["harmonization"]["method"] == method
+    # the heads saw other features than without --harmonize
+    raw = pd.read_csv(cohort["out"] / "group" / "target-diagnosis" / "predictions.tsv", sep="\t")
+    new = pd.read_csv(g / "target-diagnosis" / "predictions.tsv", sep="\t")
+    assert not np.allclose(raw["probability"], new["probability"])
+    # the raw subject table is unchanged
+    name = "group_desc-bidsfmfc_subjects_embedding.tsv"
+    assert (g / name).read_bytes() == (cohort["out"] / "group" / name).read_bytes()
+    html = (out / "group.html").read_text()
+    assert "Site harmonisation" in html and method in html
+    cit = (out / "logs" / "CITATION.md").read_text()
+    assert ("ComBat" in cit and "Pomponio" in cit) == (method == "combat")
+    assert ("centring each site" in cit) == (method == "centre")
+    # --heads with this head warns that the participant level sees raw embeddings
+    from bidsfm.cli import _resolve_model, resolve_heads
+
+    logger = logging.getLogger("bidsfm")  # the CLI's logger does not propagate
+    logger.addHandler(caplog.handler)
+    try:
+        resolve_heads((str(g / "target-diagnosis" / "head"),), _resolve_model("bidsfmfc"))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "fitted on site-harmonised embeddings" in caplog.text
+    # an unknown column is a usage error before anything is written
+    capsys.readouterr()
+    code, text = run_cli([a if a != "site" else "scanner" for a in args], capsys)
+    assert code == 2 and "--harmonize scanner: no such column" in text
 
 
 def test_participant_level_with_heads(cohort, tmp_path, capsys):

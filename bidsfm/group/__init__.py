@@ -7,6 +7,9 @@ Modules
 ``targets``, ``cv``, ``metrics``, ``figures``, ``attention``, ``target_analysis``
     ``--target``: task type, cross-validated heads, metrics with intervals, ROC/scatter,
     per-ROI attention and the fitted head.
+``harmonize``
+    ``--harmonize``: label-free site harmonisation of the features (ComBat or per-site
+    centring) before the heads and normative scores; :func:`harmonize.harmonize` for scripts.
 ``heads_io``
     Save a head (safetensors + card) and load it for ``--heads`` at the participant level.
 ``normative``

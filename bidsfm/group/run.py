@@ -73,7 +73,8 @@ def _resolve_group_model(spec: str, found: list[str]) -> tuple[str | None, dict 
 
 
 def validate_group_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Parse ``--target``/``--reference`` values up front (bad values: ConfigError)."""
+    """Parse ``--target``/``--reference``/``--harmonize`` values up front (bad: ConfigError)."""
+    from .harmonize import DEFAULT_METHOD, METHODS
     from .normative import parse_reference
     from .targets import parse_target
 
@@ -84,7 +85,14 @@ def validate_group_options(opts: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"--target {s.column} given twice")
         seen.add(s.column)
     ref = parse_reference(opts["reference"]) if opts.get("reference") else None
-    return {"targets": specs, "reference": ref}
+    column = str(opts["harmonize"]).strip() if opts.get("harmonize") else None
+    method = str(opts.get("harmonize_method") or DEFAULT_METHOD).lower()
+    method = "centre" if method == "center" else method
+    if method not in METHODS:
+        raise ConfigError(f"--harmonize-method {method}: unknown (choose from "
+                          f"{', '.join(METHODS)})")
+    return {"targets": specs, "reference": ref,
+            "harmonize": (column, method) if column else None}
 
 
 def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
@@ -121,6 +129,9 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                           path=bids_dir, remedy="Pass --participants-tsv PATH")
     if needs_table:
         _check_columns(parsed, opts.get("group_column"), table, table_path)
+    elif parsed["harmonize"]:
+        LOGGER.warning("--harmonize %s has no effect without --target or --reference",
+                       parsed["harmonize"][0])
     t0 = time.time()
     coll = collect_outputs(output_dir, labels or None)
     LOGGER.info("collected %d QC row(s) of %d participant(s) in %.1f s", len(coll.qc),
@@ -155,6 +166,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     failures: list[str] = []
     done_targets: list[dict[str, Any]] = []
     normative: dict[str, Any] | None = None
+    harmonization: dict[str, Any] | None = None
     if needs_table and model_name is None:
         raise ConfigError("--target/--reference need model embeddings, and the output folder "
                           "has none", path=output_dir,
@@ -162,6 +174,9 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     if needs_table:
         ents, values, cols = coll.embeddings[model_name]
         ids, emb, _n = subject_embeddings(ents, values)
+        if parsed["harmonize"]:
+            emb, harmonization = _harmonize(parsed["harmonize"], table, table_path, ids, emb,
+                                            model_name)
         fc_by_participant = _fc_by_participant(coll, ents, model_card, model_name)
         model = _load_model(model_card, opts) if (opts.get("attention_participants", 0)
                                                   and parsed["targets"]) else None
@@ -170,7 +185,8 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         for spec in parsed["targets"]:
             try:
                 done_targets.append(_one_target(spec, table, table_path, ids, emb, gdir,
-                                                model, model_card, fc_by_participant, opts))
+                                                model, model_card, fc_by_participant, opts,
+                                                harmonization))
             except (BidsfmError, ValueError) as exc:
                 msg = exc.one_line() if isinstance(exc, BidsfmError) else str(exc)
                 LOGGER.error("target %s: %s", spec.column, msg)
@@ -178,7 +194,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         if parsed["reference"]:
             try:
                 normative = _normative(parsed["reference"], table, table_path, ids, emb, cols,
-                                       gdir)
+                                       gdir, harmonization)
             except (BidsfmError, ValueError) as exc:
                 msg = exc.one_line() if isinstance(exc, BidsfmError) else str(exc)
                 LOGGER.error("normative: %s", msg)
@@ -206,6 +222,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         "n_runs": int(len(coll.qc)), "n_exclusions": len(coll.exclusions),
         "targets": [{"column": t["target"], "task_type": t["task_type"],
                      "folder": f"target-{_label(t['target'])}"} for t in done_targets],
+        "harmonization": harmonization,
         "normative": normative, "qcfc": qcfc, "failures": failures,
     }
     write_json_atomic(gdir / "group.json", record)
@@ -220,6 +237,8 @@ def _check_columns(parsed: dict[str, Any], group_column: str | None, table: pd.D
                    table_path: Path) -> None:
     """Every column named by --target/--group-column/--reference exists (else ConfigError)."""
     names = [("--target", s.column) for s in parsed["targets"]]
+    if parsed.get("harmonize"):
+        names.append(("--harmonize", parsed["harmonize"][0]))
     if group_column:
         names.append(("--group-column", group_column))
     if parsed["reference"]:
@@ -239,7 +258,7 @@ def _label(column: str) -> str:
 def _group_options(opts: dict[str, Any]) -> dict[str, Any]:
     keys = ("participant_label", "target", "group_column", "reference", "participants_tsv",
             "n_folds", "n_bootstrap", "attention_participants", "attention_steps", "model",
-            "no_qcfc")
+            "harmonize", "harmonize_method", "no_qcfc")
     return {k: (str(opts[k]) if isinstance(opts.get(k), Path) else opts.get(k)) for k in keys}
 
 
@@ -300,7 +319,7 @@ def _card_from_embedding_json(output_dir: Path, model_name: str) -> dict[str, An
 
 
 def _one_target(spec, table, table_path, ids, emb, gdir, model, model_card, fc_by_participant,
-                opts) -> dict[str, Any]:
+                opts, harmonization=None) -> dict[str, Any]:
     from .target_analysis import run_target
     from .targets import build_target
 
@@ -315,10 +334,11 @@ def _one_target(spec, table, table_path, ids, emb, gdir, model, model_card, fc_b
                       n_boot=int(opts.get("n_bootstrap", 1000)),
                       attention_participants=int(opts.get("attention_participants", 0)),
                       attention_steps=int(opts.get("attention_steps", 32)),
-                      provenance=provenance)
+                      provenance=provenance, harmonization=_brief(harmonization))
 
 
-def _normative(reference, table, table_path, ids, emb, cols, gdir) -> dict[str, Any]:
+def _normative(reference, table, table_path, ids, emb, cols, gdir, harmonization=None
+               ) -> dict[str, Any]:
     from ..utils import write_json_atomic
     from .collect import write_table
     from .normative import normative_scores, roi_contributions
@@ -357,9 +377,76 @@ def _normative(reference, table, table_path, ids, emb, cols, gdir) -> dict[str, 
                                    if per_roi else "not available: the embedding columns are "
                                    "not per-ROI blocks for this model",
               "details": " ".join((method_doc or "").split())}
+    if harmonization:
+        method["harmonization"] = _brief(harmonization)
     write_json_atomic(folder / "method.json", method)
     return {"reference": method["reference"], "n_reference": method["n_reference"],
             "folder": "normative/"}
+
+
+def _harmonize(spec: tuple[str, str], table: pd.DataFrame, table_path: Path, ids: list[str],
+               emb: np.ndarray, model_name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Site-harmonised subject embeddings (label-free) and the group.json record.
+
+    Raises
+    ------
+    ConfigError
+        If the column cannot be harmonised (fewer than two sites with two participants).
+    """
+    from .harmonize import harmonize_with_info
+
+    column, method = spec
+    sites = table[column].reindex(ids).to_numpy(dtype=object)
+    try:
+        out, info = harmonize_with_info(emb, sites, method)
+    except ValueError as exc:
+        raise ConfigError(f"--harmonize {column}: {exc}", path=table_path) from None
+    left = [ids[i] for i in info["unadjusted"]]
+    if left:
+        LOGGER.warning("--harmonize %s: %d participant(s) left unadjusted (no %s, or a %s with "
+                       "fewer than %d participants): %s", column, len(left), column, column,
+                       info["min_site_size"], ", ".join(left))
+    LOGGER.info("--harmonize %s: %s across %d %s value(s), %d participant(s)", column, method,
+                info["n_sites"], column, info["n_adjusted"])
+    record = {
+        "column": column, "method": method,
+        "description": HARMONIZE_METHODS[method],
+        "features": f"subject embeddings of model {model_name} (runs averaged)",
+        "used_by": "the heads of every --target (cross-validation and the final head) and the "
+                   "--reference normative scores; the group tables keep the raw embeddings",
+        "fitted_on": f"all {len(ids)} participants with an embedding (both sides of every "
+                     "cross-validation fold), from the embeddings and the "
+                     f"{column} column only; no target labels",
+        "shared_across_folds": HARMONIZE_SHARED[method],
+        "n_sites": info["n_sites"], "sites": info["sites"],
+        "n_adjusted": info["n_adjusted"], "unadjusted_participants": left,
+        "unadjusted_sites": info["unadjusted_sites"], "min_site_size": info["min_site_size"],
+        "n_constant_features": info["n_constant_features"],
+    }
+    return out, record
+
+
+HARMONIZE_METHODS = {
+    "combat": "ComBat (Johnson et al. 2007; Fortin et al. 2018) with parametric empirical "
+              "Bayes, as implemented by neuroHarmonize (Pomponio et al. 2020), the site as the "
+              "only variable (no biological covariates)",
+    "centre": "per-site centring: each site's mean feature vector replaced by the pooled mean",
+}
+HARMONIZE_SHARED = {
+    "combat": "per feature: the pooled mean and variance over all participants, each site's "
+              "location and scale and their empirical Bayes priors (computed from every "
+              "participant's features, held-out sites included)",
+    "centre": "the mean feature vector of each site and the pooled mean, over all participants "
+              "(held-out sites included)",
+}
+
+
+def _brief(harmonization: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The part of the group.json record that target and normative files repeat."""
+    if not harmonization:
+        return None
+    return {k: harmonization[k] for k in ("column", "method", "description", "fitted_on",
+                                          "shared_across_folds")}
 
 
 def _qcfc(coll, gdir: Path) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
                model, model_card: dict[str, Any], fc_by_participant: dict[str, list[Path]],
                group_column: str | None, n_folds: int | None, n_boot: int,
                attention_participants: int, attention_steps: int,
-               provenance: dict[str, Any]) -> dict[str, Any]:
+               provenance: dict[str, Any],
+               harmonization: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the whole analysis of one target and write its folder.
 
     Parameters
@@ -87,6 +88,9 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
         Integrated-gradients steps.
     provenance : dict
         Extra card entries (participants table, version, time).
+    harmonization : dict, optional
+        How ``emb`` was site-harmonised (``--harmonize``); recorded in metrics.json and the
+        head card. ``emb`` is then already harmonised.
 
     Returns
     -------
@@ -139,6 +143,7 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
         "uncertainty": statement,
         "metrics": metrics,
         "model": {k2: model_card.get(k2) for k2 in ("name", "version", "sha256")},
+        "harmonization": harmonization,
         "figure": figure,
         "head": "head/",
     }
@@ -149,7 +154,9 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
                                                "group_column": group_column,
                                                "metrics": metrics},
             "uncertainty": statement, "fitted_on": "all labelled participants' run-averaged "
-            "embeddings", **provenance}
+            "embeddings" + (f", harmonised across {harmonization['column']} "
+                            f"({harmonization['method']})" if harmonization else ""),
+            "harmonization": harmonization, **provenance}
     save_head(folder / "head", head, model_card, info)
 
     if model is not None and getattr(model, "input_kind", "fc") != "fc":
@@ -169,7 +176,11 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
             "method": "integrated gradients of the head's logit (binary), centred class logits "
                       "(multi-class) or value (continuous) from the model's reference FC, "
                       f"{attention_steps} steps, summed over each ROI's FC row, averaged over "
-                      "each participant's runs and then over participants",
+                      "each participant's runs and then over participants" + (
+                          "; the head (fitted on harmonised embeddings) is applied to the "
+                          "model's raw embeddings, so per-site offsets cancel in the "
+                          "attribution and ComBat's per-site scaling is not included"
+                          if harmonization else ""),
             "n_participants": att["n_participants"], "n_runs": att["n_runs"]}
     write_json_atomic(folder / "metrics.json", summary)
     return summary

@@ -215,7 +215,8 @@ def group_record(output_dir: Path) -> dict[str, Any] | None:
 
     Returns ``None`` when there is no readable ``group.json``; otherwise a dict with
     ``targets`` (list of ``(column, description)`` for the targets that were analysed),
-    ``reference`` (or ``None`` when no normative scores were written) and ``qcfc`` (bool).
+    ``reference`` (or ``None`` when no normative scores were written), ``qcfc`` (bool) and
+    ``harmonization`` (``(method, column)`` or ``None``).
     """
     group = Path(output_dir) / "group"
     try:
@@ -241,7 +242,11 @@ def group_record(output_dir: Path) -> dict[str, Any] | None:
         targets.append((str(t["column"]), desc))
     normative = record.get("normative")
     reference = normative.get("reference") if isinstance(normative, dict) else None
-    return {"targets": targets, "reference": reference, "qcfc": bool(record.get("qcfc"))}
+    harm = record.get("harmonization")
+    harmonization = (str(harm.get("method")), str(harm.get("column"))) if isinstance(
+        harm, dict) and harm.get("method") else None
+    return {"targets": targets, "reference": reference, "qcfc": bool(record.get("qcfc")),
+            "harmonization": harmonization}
 
 
 def _group_text(opts: dict[str, Any], cite: _Cites, record: dict[str, Any] | None) -> str:
@@ -249,12 +254,26 @@ def _group_text(opts: dict[str, Any], cite: _Cites, record: dict[str, Any] | Non
         targets = [f"{c} ({d})" if d else c for c, d in record["targets"]]
         reference = record["reference"]
         qcfc = record["qcfc"]
+        harmonization = record.get("harmonization")
     else:
         targets = [str(t) for t in (opts.get("targets") or [])]
         reference = opts.get("reference")
         qcfc = opts.get("qcfc", True)
+        harmonization = ((str(opts.get("harmonize_method") or "combat"), str(opts["harmonize"]))
+                         if opts.get("harmonize") else None)
     text = ("At the group level, the participants' outputs were gathered into group tables and "
             "each participant's embedding was the mean of its runs' embeddings. ")
+    if harmonization and (targets or reference):
+        method, column = harmonization
+        if method == "combat":
+            text += (f"Site effects ('{column}') were removed from the embeddings with ComBat "
+                     f"{cite('combat', 'fortin2017', 'fortin2018')}, as implemented in "
+                     f"neuroHarmonize {cite('neuroharmonize')}, with no covariates, fitted on "
+                     "all participants without their labels. ")
+        else:
+            text += (f"Site effects ('{column}') were reduced by centring each site's "
+                     "embeddings on the pooled mean, fitted on all participants without their "
+                     "labels. ")
     if targets:
         col = opts.get("group_column")
         scheme = (f"cross-validation that never splits a '{col}' group between training and "

@@ -132,6 +132,13 @@ def _cohort(group: Path, meta: dict[str, Any], problem: str | None) -> str:
             items = "".join(f"<li>{h.esc(f)}</li>" for f in failures)
             parts.append('<div class="note bad">The group level reported '
                          f'{len(failures)} failure(s):<ul class="failures">{items}</ul></div>')
+        harm = meta.get("harmonization")
+        if isinstance(harm, dict) and harm.get("method"):
+            parts.append(h.note(
+                f"Site harmonisation: the embeddings were harmonised across "
+                f"'{harm.get('column')}' by {harm.get('method')} "
+                f"({harm.get('n_sites')} sites, {harm.get('n_adjusted')} participants) before "
+                "the heads and normative scores, without labels.", "info"))
         targets = meta.get("targets")
         rows = _flat(meta, ("options", "failures", "targets"))
         if isinstance(targets, list):

@@ -113,4 +113,20 @@ REFERENCES: dict[str, tuple[str, str]] = {
     "bootstrap": ("Efron & Tibshirani 1993",
                   "Efron B., Tibshirani R.J. (1993) An Introduction to the Bootstrap. Chapman & "
                   "Hall/CRC."),
+    "combat": ("Johnson et al. 2007",
+               "Johnson W.E., Li C., Rabinovic A. (2007) Adjusting batch effects in microarray "
+               "expression data using empirical Bayes methods. Biostatistics 8(1):118-127. "
+               "doi:10.1093/biostatistics/kxj037"),
+    "fortin2017": ("Fortin et al. 2017",
+                   "Fortin J.-P. et al. (2017) Harmonization of multi-site diffusion tensor "
+                   "imaging data. NeuroImage 161:149-170. "
+                   "doi:10.1016/j.neuroimage.2017.08.047"),
+    "fortin2018": ("Fortin et al. 2018",
+                   "Fortin J.-P. et al. (2018) Harmonization of cortical thickness measurements "
+                   "across scanners and sites. NeuroImage 167:104-120. "
+                   "doi:10.1016/j.neuroimage.2017.11.024"),
+    "neuroharmonize": ("Pomponio et al. 2020",
+                       "Pomponio R. et al. (2020) Harmonization of large MRI datasets for the "
+                       "analysis of brain imaging patterns throughout the lifespan. NeuroImage "
+                       "208:116450. doi:10.1016/j.neuroimage.2019.116450"),
 }
