@@ -340,10 +340,12 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     """
     from .discovery import (
         RunProblem,
+        available_spaces,
         build_layout,
         collect_runs,
         list_participants,
         locate_fmriprep,
+        locate_raw_dataset,
         normalize_labels,
         normalize_participant_labels,
         parse_space,
@@ -426,19 +428,32 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
     db_dir = opts["bids_database_dir"] or (work_dir / "bids_db")
     layout = build_layout(fmriprep_dir, participants, Path(db_dir))
+    raw_dir = locate_raw_dataset(bids_dir, fmriprep_dir)  # RepetitionTime fallback
     runs_by_participant = {}
+    unmatched: list[str] = []  # participants with no run in the selection at all
     for p in participants:
         runs, run_problems = collect_runs(layout, fmriprep_dir, p, space=opts["space"],
-                                          sessions=sessions, tasks=tasks, bids_filters=filters)
+                                          sessions=sessions, tasks=tasks, bids_filters=filters,
+                                          raw_dir=raw_dir)
         problems.extend(run_problems)
         if not runs and not run_problems:
+            unmatched.append(p)
+            others = [s for s in available_spaces(layout, p) if s != template]
+            hint = (f" (its runs are in space {', '.join(others)})" if others else "")
             problems.append(RunProblem(f"sub-{p}", (
                 f"{fmriprep_dir / ('sub-' + p)}: no desc-preproc_bold run in space {template} "
-                f"matches the selection. Check --space, --session-label, --task-id and the "
-                "filter file")))
+                f"matches the selection{hint}. Check --space, --session-label, --task-id and "
+                "the filter file")))
         runs_by_participant[p] = runs
     for pr in problems:
         LOGGER.error("%s", pr.message)
+    if len(unmatched) == len(participants):
+        # nothing to process anywhere: "no input found" (exit 2, docs/usage.md), not a partial
+        # failure, and nothing is written to the output folder
+        raise ConfigError(f"no desc-preproc_bold run in space {template} matches the selection "
+                          "for any participant; nothing to do", path=fmriprep_dir,
+                          remedy="See the messages above; check --space, --session-label, "
+                                 "--task-id and the filter file")
 
     from .derivatives import ensure_dataset_description
 

@@ -76,6 +76,34 @@ def generated_by() -> dict[str, Any]:
     return {"Name": "bidsfm", "Version": __version__}
 
 
+def input_generated_by(input_dir: str | Path) -> list[dict[str, Any]]:
+    """The provenance entries of the input dataset, for the output's ``GeneratedBy``.
+
+    Read from ``GeneratedBy`` (BIDS 1.4 and later, fMRIPrep 20.2 and later) or, for older
+    derivatives (fMRIPrep 1.x to 20.1), from ``PipelineDescription`` (Name, Version, CodeURL;
+    a top-level ``CodeURL`` is used when the pipeline entry has none). An unreadable or absent
+    description gives an empty list.
+    """
+    path = Path(input_dir) / "dataset_description.json"
+    try:
+        meta: Any = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(meta, dict):
+        return []
+    generated = meta.get("GeneratedBy")
+    if isinstance(generated, list) and generated:
+        return [dict(g) for g in generated if isinstance(g, dict) and g.get("Name")]
+    legacy = meta.get("PipelineDescription")
+    if isinstance(legacy, dict) and legacy.get("Name"):
+        entry = {k: legacy[k] for k in ("Name", "Version", "Description", "CodeURL",
+                                        "Container") if legacy.get(k) not in (None, "")}
+        if "CodeURL" not in entry and isinstance(meta.get("CodeURL"), str):
+            entry["CodeURL"] = meta["CodeURL"]
+        return [entry]
+    return []
+
+
 def check_output_dataset(output_dir: str | Path) -> dict[str, Any]:
     """Read the output folder's ``dataset_description.json`` and check that bidsfm wrote it.
 
@@ -138,15 +166,7 @@ def ensure_dataset_description(output_dir: str | Path, input_dir: str | Path,
     path = output_dir / "dataset_description.json"
     with FileLock(str(output_dir / ".dataset_description.json.lock"), timeout=120):
         existing = check_output_dataset(output_dir)
-        upstream = []
-        in_desc = Path(input_dir) / "dataset_description.json"
-        if in_desc.is_file():
-            try:
-                in_meta = json.loads(in_desc.read_text())
-            except ValueError:
-                in_meta = {}
-            upstream = in_meta.get("GeneratedBy") if isinstance(in_meta, dict) else None
-            upstream = upstream if isinstance(upstream, list) else []
+        upstream = input_generated_by(input_dir)
         old_links = existing.get("DatasetLinks")
         links = dict(old_links) if isinstance(old_links, dict) else {}
         links.update(dataset_links)

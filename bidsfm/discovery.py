@@ -3,7 +3,14 @@
 The index is built with pybids on a view of the dataset holding only the requested
 participants' folders (symlinks), so that a job for one subject of a 10,000-subject tree only
 walks that subject's folder (pybids would otherwise check every root entry against its ignore
-patterns). Metadata (RepetitionTime) is read lazily from the BOLD sidecar, not indexed.
+patterns). Metadata (RepetitionTime) is read lazily, not indexed: from the BOLD sidecar, else
+from the raw dataset's sidecars (BIDS inheritance), else from the NIfTI header; every source
+present must agree (see :func:`resolve_repetition_time`).
+
+Every fMRIPrep from 1.2 on is read: confounds named ``desc-confounds_timeseries.tsv`` (20.2 and
+later) or ``desc-confounds_regressors.tsv`` (1.2 to 20.1). Only template spaces are accepted
+(:func:`check_space`), and only files named exactly ``..._desc-preproc_bold.nii[.gz]`` are
+taken as the preprocessed BOLD (a user's ``desc-preproc-smooth90`` beside it is ignored).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -35,6 +43,54 @@ ENTITY_KEYS = {"subject": "sub", "session": "ses", "task": "task", "acquisition"
 SUPPORTED_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
+#: fMRIPrep output spaces that are not a template: the participant's own anatomy or BOLD grid,
+#: or surfaces. bidsfm applies no subject-to-template transform, so an atlas (always in a
+#: template) cannot be placed on data in these spaces.
+NATIVE_SPACES = ("T1w", "T2w", "anat", "func", "bold", "boldref", "sbref", "scanner", "orig",
+                 "native", "individual", "fsnative")
+#: surface and grayordinate spaces (bidsfm extracts ROI signals from volumes only)
+SURFACE_SPACES = ("fsaverage", "fsaverage3", "fsaverage4", "fsaverage5", "fsaverage6", "fsLR",
+                  "onavg")
+#: TR values bidsfm accepts, in seconds. The fastest fMRI sequences in use (MR encephalography,
+#: inverse imaging, multiband EPI) sample at 50-100 ms; a whole-brain EPI volume is never
+#: slower than 30 s. A value outside is a unit error (2000 meaning ms) or a broken sidecar.
+TR_RANGE = (0.05, 30.0)
+
+
+def is_mni_template(space: str | None) -> bool:
+    """True for an adult MNI template (``MNI152*``, ``MNI305``, ``MNIColin27``).
+
+    Atlases in one of these may be laid on data in another by world coordinates (the templates
+    are all aligned to MNI space within a few millimetres), as long as this is reported.
+    """
+    tpl = (space or "").split(":", 1)[0]
+    tpl = tpl[4:] if tpl.startswith("tpl-") else tpl
+    return tpl.startswith("MNI152") or tpl in ("MNI305", "MNIColin27")
+
+
+def check_space(template: str) -> None:
+    """Refuse an output space that is not a volumetric template.
+
+    Raises
+    ------
+    ConfigError
+        For the participant's own spaces (``T1w``, ``boldref``, ``fsnative`` ...) and surface
+        spaces (``fsaverage*``, ``fsLR``), with a one-line reason.
+    """
+    if template in NATIVE_SPACES:
+        raise ConfigError(
+            f"--space {template} is the participant's own (non-template) space: bidsfm's atlases "
+            "are in template space and no subject-to-template transform is applied, so the atlas "
+            "would be laid on the wrong anatomy",
+            remedy="Use fMRIPrep outputs in a template space (fMRIPrep --output-spaces "
+                   "MNI152NLin2009cAsym), e.g. --space MNI152NLin2009cAsym")
+    if template in SURFACE_SPACES or template.startswith("fsaverage"):
+        raise ConfigError(
+            f"--space {template} is a surface space: bidsfm extracts ROI signals from volumetric "
+            "BOLD images only",
+            remedy="Use fMRIPrep's volumetric outputs in a template space, e.g. --space "
+                   "MNI152NLin2009cAsym")
+
 
 @dataclass
 class BoldRun:
@@ -51,11 +107,14 @@ class BoldRun:
     confounds_json : str or None
         The confounds sidecar (needed for CompCor selection).
     repetition_time : float
-        Seconds, from the BOLD sidecar.
+        Seconds (see :func:`resolve_repetition_time`).
     res : str or None
         The ``res-`` label of the BOLD file, if any.
     relpaths : dict
         Paths relative to the fMRIPrep dataset root (for BIDS URIs in sidecars).
+    repetition_time_source : str
+        Where the repetition time was read (``derivative sidecar``, ``raw sidecar``,
+        ``NIfTI header``), and which other sources agreed; written to the QC table and sidecars.
     """
 
     entities: dict[str, str]
@@ -67,6 +126,7 @@ class BoldRun:
     repetition_time: float
     res: str | None = None
     relpaths: dict[str, str] = field(default_factory=dict)
+    repetition_time_source: str = ""
 
     @property
     def subject(self) -> str:
@@ -148,6 +208,7 @@ def parse_space(spec: str) -> tuple[str, str | None]:
         res = mod[4:]
     if not _LABEL_RE.match(template):
         raise ConfigError(f"invalid --space {spec!r}")
+    check_space(template)
     return template, res
 
 
@@ -318,42 +379,296 @@ def real_path(layout, path: str | Path) -> Path:
     return Path(real_root) / rel
 
 
-def read_repetition_time(bold: Path) -> float:
-    """Read RepetitionTime (seconds) from the BOLD sidecar JSON.
+# --------------------------------------------------------------------------- file content
 
-    Raises
-    ------
-    InputDataError
-        If the sidecar is missing or unreadable, or RepetitionTime is absent or not positive.
+
+def _annex_pointer(path: Path) -> bool:
+    """True for a git-annex pointer file (unlocked annex): a few bytes naming an annex key."""
+    try:
+        if path.stat().st_size > 1024:
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(200)
+    except OSError:
+        return False
+    return head.startswith(b"/annex/objects/") or b".git/annex/objects/" in head[:120]
+
+
+def content_problem(path: str | Path, what: str) -> InputDataError | None:
+    """Why the content of ``path`` cannot be read, as an error; None when it is present.
+
+    A DataLad/git-annex clone holds, for every file whose content was not fetched, a symlink
+    into ``.git/annex/objects`` that points nowhere (or, in an unlocked annex, a small pointer
+    file). Such a file is not broken and fMRIPrep need not be rerun: its content has to be
+    fetched with ``datalad get``.
     """
+    path = Path(path)
+    target = ""
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = ""
+    annexed = "annex/objects/" in target or _annex_pointer(path)
+    if annexed and (not path.exists() or _annex_pointer(path)):
+        return InputDataError(
+            f"the content of this {what} is not present: it is a DataLad/git-annex link "
+            "whose file was never fetched (the dataset was cloned without 'datalad get')",
+            path=path, remedy=f"Fetch it with: datalad get {path} (or 'datalad get -r' on the "
+            "dataset, or 'git annex get' on this file), then rerun bidsfm")
+    if path.is_symlink() and not path.exists():
+        return InputDataError(
+            f"this {what} is a symbolic link to {target}, which does not exist", path=path,
+            remedy="Restore the file the link points to, or replace the link with the file")
+    return None
+
+
+# --------------------------------------------------------------------------- repetition time
+
+
+def _bids_stem_entities(name: str) -> tuple[dict[str, str], str] | None:
+    """Entities and suffix of a BIDS file name (``sub-01_task-rest_bold.json``), or None."""
+    stem = name.split(".", 1)[0]
+    parts = stem.split("_")
+    ents: dict[str, str] = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if not sep or not value or not _LABEL_RE.match(value) or not key.isalnum():
+            return None
+        ents[key] = value
+    return ents, parts[-1]
+
+
+def _same_label(key: str, a: str, b: str) -> bool:
+    if key in ("run", "echo", "chunk") and a.isdigit() and b.isdigit():
+        return int(a) == int(b)  # run-01 in raw data is run-1 in fMRIPrep's outputs
+    return a == b
+
+
+def raw_sidecars(raw_dir: Path, entities: dict[str, str]) -> list[Path]:
+    """The raw dataset's ``*_bold.json`` files that apply to a run, top level first.
+
+    BIDS inheritance: a sidecar applies when its entities are a subset of the run's; deeper
+    folders (subject, session, ``func``) override shallower ones.
+    """
+    run = {ENTITY_KEYS[k]: v for k, v in entities.items() if k in ENTITY_KEYS}
+    folders = [raw_dir, raw_dir / f"sub-{entities['subject']}"]
+    if entities.get("session"):
+        folders.append(folders[-1] / f"ses-{entities['session']}")
+    folders.append(folders[-1] / "func")
+    out: list[Path] = []
+    for folder in folders:
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith("_bold.json"))
+        except OSError:
+            continue
+        level = []
+        for name in names:
+            parsed = _bids_stem_entities(name)
+            if parsed is None or parsed[1] != "bold":
+                continue
+            ents = parsed[0]
+            if all(k in run and _same_label(k, v, run[k]) for k, v in ents.items()):
+                level.append((len(ents), folder / name))
+        out += [p for _, p in sorted(level)]  # the more specific file of a level wins
+    return out
+
+
+def locate_raw_dataset(bids_dir: str | Path | None, fmriprep_dir: str | Path) -> Path | None:
+    """The raw BIDS dataset the fMRIPrep outputs came from, when it can be found locally.
+
+    Looked for in this order: BIDS_DIR when it is not the derivatives themselves; fMRIPrep's
+    ``DatasetLinks.raw``/``SourceDatasets`` local paths; ``<raw>/derivatives/fmriprep`` layouts;
+    ``sourcedata/raw`` inside the derivatives. Used only to read sidecars (never written).
+    """
+    fmriprep_dir = Path(fmriprep_dir).absolute()
+    cands: list[Path] = []
+    if bids_dir is not None and Path(bids_dir).absolute() != fmriprep_dir:
+        cands.append(Path(bids_dir).absolute())
+    try:
+        desc = json.loads((fmriprep_dir / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        desc = {}
+    if isinstance(desc, dict):
+        links = desc.get("DatasetLinks")
+        for value in (links.values() if isinstance(links, dict) else ()):
+            if isinstance(value, str) and not re.match(r"^[a-z]+://", value):
+                cands.append((fmriprep_dir / value).absolute())
+        sources = desc.get("SourceDatasets")
+        for src in (sources if isinstance(sources, list) else ()):
+            url = src.get("URL") if isinstance(src, dict) else None
+            if isinstance(url, str) and url.startswith("file://"):
+                cands.append(Path(url[7:]))
+    for parent in fmriprep_dir.parents:
+        if parent.name == "derivatives":
+            cands.append(parent.parent)
+            break
+    cands.append(fmriprep_dir / "sourcedata" / "raw")
+    for cand in cands:
+        if cand.is_dir() and cand != fmriprep_dir and any(cand.glob("sub-*")):
+            return cand
+    return None
+
+
+def _tr_value(value: Any, where: str, path: Path) -> float:
+    """Check one RepetitionTime value; raise a one-line error for what cannot be a TR."""
+    lo, hi = TR_RANGE
+    remedy = (f"Set RepetitionTime to the repetition time in seconds (bidsfm accepts {lo:g} s "
+              f"to {hi:g} s)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputDataError(f"RepetitionTime in the {where} is {json.dumps(value)}, not a "
+                             "number of seconds", path=path, remedy=remedy)
+    tr = float(value)
+    if not math.isfinite(tr) or tr <= 0:
+        raise InputDataError(f"RepetitionTime in the {where} is {value!r}, not a positive number "
+                             "of seconds", path=path, remedy=remedy)
+    if tr > hi:
+        hint = (f" (it looks like milliseconds: {tr / 1000:g} s?)" if 100 <= tr <= 30000 else "")
+        raise InputDataError(f"RepetitionTime in the {where} is {value!r} s, longer than any "
+                             f"fMRI repetition time{hint}", path=path, remedy=remedy)
+    if tr < lo:
+        raise InputDataError(f"RepetitionTime in the {where} is {value!r} s, shorter than any "
+                             "fMRI repetition time", path=path, remedy=remedy)
+    return tr
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    problem = content_problem(path, "sidecar JSON")
+    if problem is not None:
+        raise problem
+    try:
+        meta = json.loads(path.read_text(), parse_constant=lambda c: {
+            "Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}[c])
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"cannot read sidecar JSON ({exc})", path=path,
+                             remedy="Fix or regenerate the JSON file") from None
+    if not isinstance(meta, dict):
+        raise InputDataError(f"sidecar JSON holds a {type(meta).__name__}, not an object",
+                             path=path, remedy="Fix or regenerate the JSON file") from None
+    return meta
+
+
+def _header_tr(bold: Path) -> float | None:
+    """TR from the NIfTI header (pixdim[4] in its time unit), None when absent or unknown."""
+    import nibabel as nb
+
+    try:
+        hdr = nb.load(str(bold)).header
+        zooms = hdr.get_zooms()
+        if len(zooms) < 4:
+            return None
+        value = float(zooms[3])
+        unit = hdr.get_xyzt_units()[1]
+    except Exception:  # noqa: BLE001 - an unreadable image is reported when it is read
+        return None
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
+    if scale is None or not value > 0 or not math.isfinite(value):
+        return None
+    return value * scale
+
+
+def bold_sidecar(bold: Path) -> Path:
+    """``..._bold.json`` next to ``..._bold.nii[.gz]``."""
     name = bold.name
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
             name = name[: -len(ext)]
-    sidecar = bold.with_name(name + ".json")
-    if not sidecar.is_file():
-        raise InputDataError("BOLD sidecar JSON is missing, so RepetitionTime is unknown",
-                             path=sidecar, remedy="Copy fMRIPrep's sidecar next to the BOLD file "
-                             "or add one with RepetitionTime in seconds")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputDataError(f"cannot read sidecar JSON ({exc})", path=sidecar,
-                             remedy="Fix or regenerate the JSON file") from None
-    tr = meta.get("RepetitionTime")
-    try:
-        tr = float(tr)
-    except (TypeError, ValueError):
-        tr = None
-    if tr is None or not tr > 0:
-        raise InputDataError("RepetitionTime is missing or not a positive number", path=sidecar,
-                             remedy="Add RepetitionTime (seconds) to the BOLD sidecar")
-    return tr
+    return bold.with_name(name + ".json")
+
+
+def resolve_repetition_time(bold: Path, entities: dict[str, str] | None = None,
+                            raw_dir: Path | None = None) -> tuple[float, str]:
+    """The repetition time of a run (seconds) and where it was read.
+
+    Sources, in order of preference: the derivative BOLD sidecar (fMRIPrep's), the raw
+    dataset's BOLD sidecars (BIDS inheritance, when the raw dataset is found), the NIfTI header
+    (pixdim[4], when its time unit is set). The first one holding a value is used; every other
+    one that holds a value must agree with it (within 1%).
+
+    Raises
+    ------
+    InputDataError
+        A value that cannot be a TR of fMRI (not a number, not finite, outside
+        :data:`TR_RANGE`: 2000 meaning milliseconds, ``true``, ``Infinity``, 1e-300), sources
+        that disagree, an unreadable sidecar, or no value anywhere; each one line naming the
+        file.
+    """
+    found: list[tuple[str, Path, float]] = []
+    sidecar = bold_sidecar(bold)
+    if sidecar.exists() or sidecar.is_symlink():
+        meta = _read_sidecar(sidecar)
+        if "RepetitionTime" in meta:
+            found.append(("derivative sidecar", sidecar,
+                          _tr_value(meta["RepetitionTime"], "BOLD sidecar", sidecar)))
+    if raw_dir is not None and entities:
+        merged: dict[str, Any] = {}
+        origin = None
+        for path in raw_sidecars(Path(raw_dir), entities):
+            meta = _read_sidecar(path)
+            if "RepetitionTime" in meta:
+                merged["RepetitionTime"] = meta["RepetitionTime"]
+                origin = path
+        if origin is not None:
+            found.append(("raw sidecar", origin,
+                          _tr_value(merged["RepetitionTime"], "raw BOLD sidecar", origin)))
+    header = _header_tr(bold)
+    if header is not None:
+        lo, hi = TR_RANGE
+        if lo <= header <= hi:
+            found.append(("NIfTI header", bold, header))
+        elif not found:
+            _tr_value(header, "NIfTI header (pixdim[4])", bold)
+    if not found:
+        raise InputDataError("RepetitionTime is missing or not a positive number: not in the "
+                             "BOLD sidecar, the raw dataset's sidecars or the NIfTI header",
+                             path=sidecar, remedy="Add RepetitionTime (seconds) to the BOLD "
+                             "sidecar")
+    kind, path, tr = found[0]
+    for other_kind, other_path, other in found[1:]:
+        if abs(other - tr) > 0.01 * min(tr, other):
+            raise InputDataError(
+                f"RepetitionTime disagrees between sources: {tr:g} s in the {kind} and "
+                f"{other:g} s in the {other_kind} ({other_path})", path=path,
+                remedy="Correct the wrong one (RepetitionTime in seconds; the NIfTI header's "
+                       "pixdim[4]) so that they agree")
+    agree = [k for k, _, _ in found[1:]]
+    source = f"{kind} ({path.name})" + (f"; agrees with {', '.join(agree)}" if agree else "")
+    return tr, source
+
+
+def read_repetition_time(bold: Path) -> float:
+    """RepetitionTime (seconds) of a BOLD file from its sidecar or NIfTI header.
+
+    Kept for callers outside discovery; :func:`resolve_repetition_time` also reads the raw
+    dataset and says where the value came from.
+    """
+    return resolve_repetition_time(bold)[0]
+
+
+# --------------------------------------------------------------------------- runs
+
+#: ``..._desc-preproc_bold.nii[.gz]`` with every entity a plain BIDS label
+_PREPROC_RE = re.compile(r"^(?:[a-zA-Z]+-[a-zA-Z0-9]+_)+desc-preproc_bold\.nii(?:\.gz)?$")
+#: confounds file names of fMRIPrep 20.2 and later, then of 1.2 to 20.1
+CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
+
+
+def _exact_preproc(path: str | Path) -> bool:
+    """True when the file is named exactly ``..._desc-preproc_bold.nii[.gz]``.
+
+    pybids reads ``desc-preproc-smooth90`` as ``desc-preproc``, so its query alone would take a
+    user's own file for fMRIPrep's.
+    """
+    name = Path(path).name
+    if not _PREPROC_RE.match(name):
+        return False
+    parsed = _bids_stem_entities(name)
+    return parsed is not None and parsed[0].get("desc") == "preproc"
 
 
 def collect_runs(layout, fmriprep_dir: Path, participant: str, *, space: str = SUPPORTED_SPACES[0],
                  sessions: list[str] | None = None, tasks: list[str] | None = None,
-                 bids_filters: dict[str, Any] | None = None
+                 bids_filters: dict[str, Any] | None = None, raw_dir: Path | None = None
                  ) -> tuple[list[BoldRun], list[RunProblem]]:
     """Collect every preprocessed BOLD run of one participant.
 
@@ -366,19 +681,23 @@ def collect_runs(layout, fmriprep_dir: Path, participant: str, *, space: str = S
     participant : str
         Label without ``sub-``.
     space : str
-        ``TEMPLATE`` or ``TEMPLATE:res-N``.
+        ``TEMPLATE`` or ``TEMPLATE:res-N`` (non-template spaces are refused, see
+        :func:`check_space`).
     sessions, tasks : list of str, optional
         Restrict to these labels.
     bids_filters : dict, optional
         fMRIPrep-style filter file content; its ``"bold"`` entry is added to the query.
+    raw_dir : Path, optional
+        The raw BIDS dataset (:func:`locate_raw_dataset`), read for RepetitionTime when the
+        derivative sidecar has none.
 
     Returns
     -------
     runs : list of BoldRun
         Runs with every required file.
     problems : list of RunProblem
-        Runs that cannot be processed (missing mask, confounds or RepetitionTime), each with a
-        one-line message naming the file.
+        Runs that cannot be processed (missing or not fetched mask, confounds or BOLD, no valid
+        RepetitionTime, several candidate files), each with a one-line message naming the file.
     """
     template, res = parse_space(space)
     query: dict[str, Any] = {"subject": participant, "datatype": "func", "desc": "preproc",
@@ -392,53 +711,97 @@ def collect_runs(layout, fmriprep_dir: Path, participant: str, *, space: str = S
         query["res"] = res
     for key, value in ((bids_filters or {}).get("bold") or {}).items():
         query[key] = value
-    bold_files = layout.get(return_type="object", **query)
+    bold_files = []
+    for bf in layout.get(return_type="object", **query):
+        if _exact_preproc(bf.path):
+            bold_files.append(bf)
+        else:
+            LOGGER.info("ignoring %s: not named exactly ..._desc-preproc_bold.nii[.gz] (not an "
+                        "fMRIPrep output)", Path(bf.path).name)
 
-    # one file per run: if several resolutions exist and none was requested, keep the first
-    by_run: dict[tuple, Any] = {}
+    # one file per run: several resolutions of a run (none requested) -> the first, with a
+    # warning; two candidate files for the same run and resolution -> an error naming them
+    by_run: dict[tuple, list[Any]] = {}
     for bf in sorted(bold_files, key=lambda f: f.path):
         ents = bf.get_entities()
         key = tuple(ents.get(k) for k in RUN_ENTITIES)
-        if key in by_run:
-            LOGGER.warning("several resolutions of %s in space %s; using %s (pick one with "
-                           "--space %s:res-N)", Path(bf.path).name, template,
-                           Path(by_run[key].path).name, template)
-            continue
-        by_run[key] = bf
+        by_run.setdefault(key, []).append(bf)
 
     runs: list[BoldRun] = []
     problems: list[RunProblem] = []
-    for bf in by_run.values():
+    chosen = []
+    for files in by_run.values():
+        by_res: dict[Any, list[Any]] = {}
+        for bf in files:
+            by_res.setdefault(bf.get_entities().get("res"), []).append(bf)
+        ambiguous = [fs for fs in by_res.values() if len(fs) > 1]
+        if ambiguous:
+            names = ", ".join(Path(f.path).name for f in ambiguous[0])
+            problems.append(RunProblem(Path(ambiguous[0][0].path).name, (
+                f"{real_path(layout, Path(ambiguous[0][0].path).parent)}: several preprocessed "
+                f"BOLD files for one run in space {template}: {names}. Remove or move the extra "
+                "ones, or select one with --bids-filter-file")))
+            continue
+        first = files[0]
+        if len(files) > 1:
+            LOGGER.warning("several resolutions of %s in space %s; using %s (pick one with "
+                           "--space %s:res-N)", Path(files[1].path).name, template,
+                           Path(first.path).name, template)
+        chosen.append(first)
+
+    for bf in chosen:
         ents = bf.get_entities()
         bold = real_path(layout, bf.path)
         run_ents = {k: str(ents[k]) for k in RUN_ENTITIES if ents.get(k) is not None}
         label = bold.name
         try:
+            problem = content_problem(bold, "BOLD image")
+            if problem is not None:
+                raise problem
             mask = _find_one(layout, run_ents, bold, space=template, res=ents.get("res"),
                              desc="brain", suffix="mask", extension=[".nii.gz", ".nii"],
                              what="brain mask", remedy="Rerun fMRIPrep or restore the "
                              "desc-brain_mask file of this run")
             conf = _find_one(layout, run_ents, bold, space=None, res=None, desc="confounds",
-                             suffix="timeseries", extension=".tsv",
-                             what="confounds file (desc-confounds_timeseries.tsv)",
+                             suffix=list(CONFOUNDS_SUFFIXES), extension=".tsv",
+                             what="confounds file (desc-confounds_timeseries.tsv, or "
+                                  "desc-confounds_regressors.tsv before fMRIPrep 20.2)",
                              remedy="Restore fMRIPrep's confounds TSV for this run")
-            tr = read_repetition_time(bold)
+            for path, what in ((mask, "brain mask"), (conf, "confounds file")):
+                problem = content_problem(path, what)
+                if problem is not None:
+                    raise problem
+            tr, tr_source = resolve_repetition_time(bold, run_ents, raw_dir)
         except InputDataError as err:
             problems.append(RunProblem(label, err.one_line()))
             continue
         conf_json = conf.with_suffix(".json")
+        if conf_json.exists() and content_problem(conf_json, "confounds JSON") is not None:
+            LOGGER.warning("%s", content_problem(conf_json, "confounds JSON").one_line())
         runs.append(BoldRun(
             entities=run_ents, space=template, bold=str(bold), mask=str(mask),
             confounds=str(conf), confounds_json=str(conf_json) if conf_json.is_file() else None,
             repetition_time=tr, res=None if ents.get("res") is None else str(ents["res"]),
             relpaths={k: os.path.relpath(p, fmriprep_dir)
                       for k, p in (("bold", bold), ("mask", mask), ("confounds", conf))},
+            repetition_time_source=tr_source,
         ))
     return runs, problems
 
 
+def available_spaces(layout, participant: str) -> list[str]:
+    """Spaces in which the participant has ``desc-preproc`` BOLD runs (for error messages)."""
+    try:
+        files = layout.get(return_type="object", subject=participant, datatype="func",
+                           desc="preproc", suffix="bold", extension=[".nii.gz", ".nii"])
+    except Exception:  # noqa: BLE001 - only used to word a message
+        return []
+    return sorted({str(f.get_entities().get("space")) for f in files
+                   if f.get_entities().get("space") and _exact_preproc(f.path)})
+
+
 def _find_one(layout, run_ents: dict[str, str], bold: Path, *, space: str | None,
-              res: Any, desc: str, suffix: str, extension: Any, what: str, remedy: str) -> Path:
+              res: Any, desc: str, suffix: Any, extension: Any, what: str, remedy: str) -> Path:
     from bids.layout import Query
 
     query: dict[str, Any] = {k: run_ents.get(k, Query.NONE) for k in RUN_ENTITIES}
@@ -446,10 +809,17 @@ def _find_one(layout, run_ents: dict[str, str], bold: Path, *, space: str | None
                  space=space if space else Query.NONE)
     if space:
         query["res"] = res if res is not None else Query.NONE
-    found = layout.get(return_type="file", **query)
+    suffixes = [suffix] if isinstance(suffix, str) else list(suffix)
+    found = [f for f in layout.get(return_type="file", **query)
+             if f"_desc-{desc}_" in Path(f).name]  # not desc-brain-foo (pybids reads desc-brain)
     if not found:
         expected = bold.name.split("_space-")[0]
+        tail = "|".join(suffixes)
         raise InputDataError(f"no {what} found for this run (looked for {expected}_*"
-                             f"{'space-' + space + '_' if space else ''}desc-{desc}_{suffix}*)",
+                             f"{'space-' + space + '_' if space else ''}desc-{desc}_{tail}*)",
                              path=bold, remedy=remedy)
-    return real_path(layout, sorted(found)[0])
+    # prefer the first suffix (the current fMRIPrep name) when both exist
+    found.sort(key=lambda f: (next((i for i, s in enumerate(suffixes)
+                                    if Path(f).name.split(".")[0].endswith("_" + s)),
+                                   len(suffixes)), f))
+    return real_path(layout, found[0])

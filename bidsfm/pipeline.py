@@ -29,7 +29,7 @@ QC_COLUMNS = [
     "status", "reason", "atlas", "space", "repetition_time", "n_volumes", "n_dummy",
     "n_censored", "n_retained", "retained_seconds", "mean_fd", "max_fd", "mean_dvars_before",
     "mean_dvars_after", "n_rois", "n_rois_low_coverage", "low_coverage_rois", "min_coverage",
-    "atlas_transform",
+    "atlas_transform", "repetition_time_source",
 ]
 
 
@@ -259,7 +259,8 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
 
 
 def _qc_row(**values: Any) -> dict[str, Any]:
-    return {c: values.get(c, "") for c in QC_COLUMNS}
+    """One QC row; a column without a value (e.g. mean_fd of a failed run) is ``n/a``."""
+    return {c: "n/a" if values.get(c) in (None, "") else values[c] for c in QC_COLUMNS}
 
 
 def _write_qc(paths: dict[str, Path], row: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -280,12 +281,48 @@ def _write_failure(paths: dict[str, Path], run: BoldRun, atlas_name: str, messag
         if not key.startswith("qc") and p.exists():
             p.unlink()
     row = _qc_row(status="error", reason=message, atlas=atlas_name, space=run.space,
-                  repetition_time=run.repetition_time)
+                  repetition_time=run.repetition_time,
+                  repetition_time_source=run.repetition_time_source)
     try:
         _write_qc(paths, row, {"Status": "error", "Reason": message,
                                "Options": options.to_dict()})
     except OSError:
         LOGGER.exception("cannot write QC for %s", run.bold)
+
+
+def _check_placement(atlas: Any, run: BoldRun, info: dict[str, Any]) -> dict[str, Any]:
+    """Refuse an atlas placed by world coordinates unless both templates are MNI templates.
+
+    :func:`bidsfm.atlases.resample_labels` falls back to world coordinates when no template
+    transform can be applied. Between two MNI templates (e.g. an MNI152NLin6Asym atlas on
+    MNI152NLin2009cAsym data) that is a few millimetres off and is accepted, but said in the QC
+    table (``atlas_transform``), the sidecars (``Atlas.Transform``) and the report. Between
+    anything else it would be a wrong result that looks valid, so the run fails.
+
+    Raises
+    ------
+    InputDataError
+        When the atlas would be placed by world coordinates across non-MNI templates.
+    """
+    from .discovery import is_mni_template
+
+    method = str(info.get("Method", ""))
+    if not method.startswith("world-coordinates"):
+        return info
+    src, dst = atlas.template, run.space
+    if not (is_mni_template(src) and is_mni_template(dst)):
+        raise InputDataError(
+            f"atlas {atlas.name} is in {src} but the run is in {dst}, and no template transform "
+            f"from {src} to {dst} could be applied; matching by world coordinates is only "
+            "accepted between two MNI templates", path=run.bold,
+            remedy=f"Fetch TemplateFlow's tpl-{dst}_from-{src}_mode-image_xfm.h5 into "
+                   "$TEMPLATEFLOW_HOME (and install nitransforms), use an atlas released in "
+                   f"{dst}, or use fMRIPrep outputs in an MNI space")
+    out = dict(info)
+    out["Method"] = (f"world-coordinates ({src} atlas on {dst} data: both MNI templates, no "
+                     "template transform applied; expect misplacement of a few mm)")
+    out["WorldCoordinates"] = True
+    return out
 
 
 def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
@@ -324,7 +361,8 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
             "n_retained": retained.size, "retained_seconds": round(retained.size * tr, 3),
             "mean_fd": _nanmean(fd[nondummy]), "max_fd": float(np.nanmax(fd[nondummy]))
             if np.isfinite(fd[nondummy]).any() else float("nan"),
-            "min_coverage": options.min_coverage}
+            "min_coverage": options.min_coverage,
+            "repetition_time_source": run.repetition_time_source}
     meta_common = {"ParametersHash": phash, "BidsfmVersion": __version__,
                    "Options": options.to_dict(), "Strategy": strategy.to_dict(),
                    "Sources": [bids_uri(dataset_name, run.relpaths.get(k, v)) for k, v in
@@ -352,6 +390,7 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
     for atlas in atlases:
         labels, info = resample_labels(atlas, img.affine, tuple(img.shape[:3]),
                                        target_space=run.space)
+        info = _check_placement(atlas, run, info)
         projections.append(project_labels(labels, atlas.labels["index"].to_numpy(), mask))
         transforms.append(info)
     raw_all = extract_roi_signals(run.bold, mask, projections, img=img)
@@ -386,6 +425,7 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
         ts_meta = {
             **meta_common,
             "SamplingFrequency": 1.0 / tr, "RepetitionTime": tr,
+            "RepetitionTimeSource": run.repetition_time_source,
             "Atlas": atlas_meta,
             "ConfoundsUsed": list(sel.columns_used),
             "DummyVolumes": [int(i) for i in sel.dummy],

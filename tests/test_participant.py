@@ -118,7 +118,7 @@ def test_missing_confounds_and_tr(tmp_path, tiny_ds, capsys):
     conf.unlink()
     sidecar = Path(runs[-1]["bold_json"].replace(tiny_ds["root"], str(ds)))
     meta = json.loads(sidecar.read_text())
-    del meta["RepetitionTime"]
+    meta["RepetitionTime"] *= 1000  # milliseconds (a missing TR falls back to the NIfTI header)
     sidecar.write_text(json.dumps(meta))
     out = tmp_path / "out"
     code, log = run_cli([ds, out, "participant", "-w", tmp_path / "w", "--min-time", "0"], capsys)

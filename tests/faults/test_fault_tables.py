@@ -58,22 +58,42 @@ def test_bad_confounds(fault, tmp_path, tiny_ds, capsys):
     assert_clean(case.out)
 
 
-@pytest.mark.parametrize("value", ["missing", 0, -2.0, "two"])
+@pytest.mark.parametrize("value", [0, -2.0, "two", 2000, True, 1e-300])
 def test_bad_repetition_time(value, tmp_path, tiny_ds, capsys):
-    """A missing or non-positive RepetitionTime: one line naming the sidecar; the run is not
-    processed (reported at discovery, so it has no QC table); the other run is; exit 1."""
+    """A RepetitionTime that cannot be a TR of fMRI (not a number, not positive, outside 0.05 s
+    to 30 s: 2000 meaning ms, true, 1e-300): one line naming the sidecar and the accepted
+    range; the run is not processed (reported at discovery, so it has no QC table); the other
+    run is; exit 1."""
     case = make_case(tiny_ds, tmp_path)
     sidecar = case.path(0, "bold_json")
     meta = json.loads(sidecar.read_text())
-    if value == "missing":
-        del meta["RepetitionTime"]
-    else:
-        meta["RepetitionTime"] = value
+    meta["RepetitionTime"] = value
     sidecar.write_text(json.dumps(meta))
     code, log = case.cli(capsys=capsys)
     assert code == 1
-    assert_one_error(log, sidecar, "RepetitionTime", "Add RepetitionTime (seconds)")
+    assert_one_error(log, sidecar, "RepetitionTime", "seconds", "0.05 s to 30 s")
     assert not any(p.exists() for p in case.outputs(0))
+    assert_run_ok(case, 1)
+    assert_clean(case.out)
+
+
+def test_missing_repetition_time_everywhere(tmp_path, tiny_ds, capsys):
+    """No RepetitionTime in the sidecar and none in the NIfTI header (pixdim[4] = 0): one line
+    naming the sidecar; exit 1. (With the header's TR present, it is used: see
+    tests/test_inputs.py::test_tr_from_nifti_header_and_recorded.)"""
+    case = make_case(tiny_ds, tmp_path)
+    sidecar = case.path(0, "bold_json")
+    meta = json.loads(sidecar.read_text())
+    del meta["RepetitionTime"]
+    sidecar.write_text(json.dumps(meta))
+    bold = case.path(0, "bold")
+    img = nib.load(str(bold))
+    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    img.header["pixdim"][4] = 0.0
+    replace_nifti(bold, img)
+    code, log = case.cli(capsys=capsys)
+    assert code == 1
+    assert_one_error(log, sidecar, "RepetitionTime is missing", "Add RepetitionTime (seconds)")
     assert_run_ok(case, 1)
     assert_clean(case.out)
 
