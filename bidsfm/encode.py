@@ -163,9 +163,9 @@ def _record_in_qc(res: dict[str, Any], model_name: str) -> None:
     table = pd.read_csv(qc, sep="\t", keep_default_na=False)
     table["model"] = model_name
     table["model_status"] = res["status"]
-    table["model_reason"] = res.get("reason", "")
+    table["model_reason"] = res.get("reason") or "n/a"
     with atomic_path(qc) as tmp:
-        table.to_csv(tmp, sep="\t", index=False)
+        table.replace("", "n/a").to_csv(tmp, sep="\t", index=False)
 
 
 def _encode(runs, model, output_dir, attention_steps, batch_size, figures, results):

@@ -72,9 +72,43 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by ``None``.
+
+    Recurses into dicts, lists and tuples; numpy scalars and arrays become Python numbers and
+    lists (so float32 values are numbers, not strings), paths become strings. The result is
+    accepted by ``json.dumps(..., allow_nan=False)``: strict JSON, which ``NaN`` is not.
+    """
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, str) else str(k)): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist) and type(obj).__module__ == "numpy":
+        return json_safe(tolist())
+    return obj
+
+
+def json_dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats written as ``null``, never ``NaN``)."""
+    return json.dumps(json_safe(obj), allow_nan=False, default=str, **kwargs)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically and return the path."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically and return the path.
+
+    Non-finite floats (NaN, +-inf) are written as ``null``: bare ``NaN`` is not JSON and
+    strict parsers (JavaScript, jq, the BIDS validator) reject the file.
+    """
+    return write_text_atomic(path, json_dumps_strict(obj, indent=2, sort_keys=False) + "\n")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -138,6 +138,7 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
     excl: list[dict[str, str]] = []
     model_files: list[tuple[str, str, Path, dict[str, str], str]] = []
     qc_status: dict[str, str] = {}
+    qc_files: dict[str, list[tuple[str, Path, str, dict[str, str]]]] = {}
     for sub in subs:
         for func in _func_dirs(sub):
             with os.scandir(func) as it:
@@ -146,18 +147,10 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
                 path = func / name
                 if name.endswith("_qc.tsv"):
                     ents, _ = parse_name(name)
-                    cols = entity_columns(ents)
-                    try:
-                        rows = _read_tsv_rows(path)
-                    except (OSError, csv.Error, UnicodeDecodeError) as exc:
-                        excl.append({**cols, "atlas": ents.get("seg", "n/a"), "stage": "run",
-                                     "status": "error",
-                                     "reason": f"{path}: unreadable QC table ({exc})"})
-                        continue
-                    for row in rows:
-                        qc_rows.append({**cols, **row})
-                        key = name[: -len("_qc.tsv")]
-                        qc_status[key] = row.get("status", "")
+                    atlas = ents.get("seg", "n/a")
+                    key = name[: -len("_qc.tsv")]
+                    run_key = key.replace(f"_seg-{atlas}", "")
+                    qc_files.setdefault(run_key, []).append((atlas, path, key, ents))
                 elif name.endswith(FC_SUFFIX) and "_desc-" not in name:
                     ents, _ = parse_name(name)
                     fc_files.setdefault(ents.get("seg", "n/a"), []).append(
@@ -168,13 +161,45 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
                         ents, _ = parse_name(name)
                         key = name[: m.start()]
                         model_files.append((m.group(1), m.group(2), path, ents, key))
+    stale_keys: set[str] = set()
+    for run_key in sorted(qc_files):
+        entries = qc_files[run_key]
+        stale = _stale_atlases(entries) if len(entries) > 1 else {}
+        for atlas, path, key, ents in entries:
+            cols = entity_columns(ents)
+            if atlas in stale:
+                stale_keys.add(key)
+                excl.append({**cols, "atlas": atlas, "stage": "run", "status": "stale",
+                             "reason": f"{path.name}: atlas {atlas} was not requested by the "
+                                       "latest participant-level run of this BOLD run "
+                                       f"({stale[atlas]}); its outputs are left out. Rerun "
+                                       "the participant level with every atlas you need"})
+                continue
+            try:
+                rows = _read_tsv_rows(path)
+            except (OSError, csv.Error, UnicodeDecodeError) as exc:
+                excl.append({**cols, "atlas": atlas, "stage": "run", "status": "error",
+                             "reason": f"{path}: unreadable QC table ({exc})"})
+                continue
+            for row in rows:
+                row = _clean_row(row)
+                qc_rows.append({**cols, **row})
+                qc_status[key] = row.get("status", "")
+    if stale_keys:
+        for atlas_name in list(fc_files):
+            fc_files[atlas_name] = [(k, p) for k, p in fc_files[atlas_name]
+                                    if k not in stale_keys]
+            if not fc_files[atlas_name]:
+                del fc_files[atlas_name]
     for model, kind, path, ents, key in model_files:
         cols = entity_columns(ents)
         atlas = ents.get("seg", "n/a")
         if qc_status.get(key) != "ok":
+            why = ("the atlas was not requested by the latest participant-level run"
+                   if key in stale_keys else "the run's QC status is not ok")
             excl.append({**cols, "atlas": atlas, "stage": "model", "status": "ignored",
-                         "reason": f"{path.name}: the run's QC status is not ok (stale model "
-                                   "output from an earlier run)"})
+                         "reason": f"{path.name}: {why} (stale model output from an earlier "
+                                   "run)"})
             continue
         try:
             if kind == "embedding":
@@ -209,6 +234,44 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
     for model, rows in preds.items():
         out.predictions[model] = _order(pd.DataFrame(rows))
     return out
+
+
+def _clean_row(row: dict) -> dict[str, str]:
+    """A QC row with every empty or absent cell ``n/a`` (BIDS) and no overflow column.
+
+    QC tables written before bidsfm wrote ``n/a`` everywhere have empty cells in failed runs'
+    rows; csv.DictReader gives ``None`` for missing fields and a ``None`` key for extra ones.
+    """
+    return {k: ("n/a" if v is None or str(v).strip() == "" else v) for k, v in row.items()
+            if k is not None}
+
+
+def _stale_atlases(entries: list[tuple[str, Path, str, dict[str, str]]]) -> dict[str, str]:
+    """Atlases of one BOLD run whose outputs are not from its latest participant-level call.
+
+    Every QC sidecar (``*_qc.json``) records the call's ``Options``, whose ``atlases`` lists
+    the atlases requested. The newest sidecar (by modification time) is the latest call; an
+    atlas whose sidecar records another atlas list was left over by an earlier call with other
+    ``--atlas`` options. Returns ``{atlas: explanation}``; empty when a sidecar is missing or
+    unreadable (nothing is left out then).
+    """
+    import json
+
+    metas = []
+    for atlas, path, _key, _ents in entries:
+        side = path.with_name(path.name[: -len(".tsv")] + ".json")
+        try:
+            mtime = side.stat().st_mtime_ns
+            meta = json.loads(side.read_text())
+            specs = (meta.get("Options") or {}).get("atlases")
+        except (OSError, ValueError, AttributeError):
+            return {}
+        if not isinstance(specs, list):
+            return {}
+        metas.append((mtime, atlas, [str(x) for x in specs]))
+    newest = max(metas, key=lambda t: t[0])
+    return {atlas: f"latest run's atlases: {', '.join(newest[2])}"
+            for _t, atlas, specs in metas if specs != newest[2]}
 
 
 def _entity_keys(row: dict[str, str]) -> list[str]:

@@ -9,7 +9,8 @@ Method (recorded in ``group/normative/method.json``):
    identity (Ledoit & Wolf 2004), which is well conditioned even with far fewer reference
    participants than embedding dimensions.
 3. The score is the squared Mahalanobis distance ``d2 = z' S^-1 z`` of the centred embedding
-   ``z``.
+   ``z``, with ``S^-1`` the pseudo-inverse when ``S`` is singular (shrinkage 0, e.g. a fit on
+   2 participants), exactly as scikit-learn's ``LedoitWolf().mahalanobis``.
 4. Reference participants are scored out of sample by K-fold cross-fitting (leave-one-out for
    at most ``LOO_MAX`` reference participants): the mean, scale and covariance that score a
    reference participant were estimated without it. Everyone else is scored by the fit on the
@@ -50,37 +51,56 @@ def lw_shrinkage(z: np.ndarray) -> float:
     beta = (beta_ / m - delta_) / (p * m)
     delta = (delta_ - 2.0 * mu * trace + p * mu ** 2) / p
     beta = min(beta, delta)
-    return 0.0 if beta == 0 else float(beta / delta)
+    if beta == 0 or delta <= 0:
+        return 0.0
+    # beta >= 0 in exact arithmetic (Cauchy-Schwarz); a rounding-negative value is 0
+    return float(min(max(beta / delta, 0.0), 1.0))
 
 
 class _Reference:
-    """Ledoit-Wolf reference model, applied through the Woodbury identity.
+    """Ledoit-Wolf reference model, applied through the thin SVD of the centred reference.
 
-    ``S = (1 - d) z'z / m + d mu I`` is never formed: with ``a = d mu`` and ``b = (1 - d) / m``,
-    ``S^-1 x = x / a - (b / a^2) z' (I_m + (b / a) z z')^-1 z x``, an m x m solve.
+    ``S = (1 - d) z'z / m + d mu I`` is never formed. With ``z = U diag(s) V'`` (V: p x k,
+    k <= m orthonormal columns), ``a = d mu`` and ``b = (1 - d) / m``, S has the eigenvalue
+    ``a + b s_k^2`` along each column of V and ``a`` on the rest of the space, so
+
+        S^+ x = V diag(1 / (a + b s^2)) V'x + (x - V V'x) / a
+
+    costs O(m p) per participant, with an orthogonal (not a difference-of-large-numbers)
+    decomposition, so it stays exact when the shrinkage ``d`` is tiny or zero.
+
+    ``S^+`` is the Moore-Penrose pseudo-inverse with scipy's ``pinvh`` cut-off (eigenvalues at
+    most ``p * eps * max eigenvalue`` count as zero), exactly what scikit-learn's
+    ``LedoitWolf().precision_`` and ``.mahalanobis`` use. This matters when the shrinkage is
+    0: with 2 reference participants (leave-one-out over 3) the Ledoit-Wolf intensity is
+    exactly 0, ``S`` is singular, and the score measures the deviation within the span of the
+    reference participants only (``singular`` is then True).
     """
 
     def __init__(self, ref: np.ndarray):
         self.mean = ref.mean(axis=0)
-        self.z = ref - self.mean
-        m, p = self.z.shape
-        self.shrinkage = lw_shrinkage(self.z)
-        mu = float(np.sum(self.z ** 2)) / (m * p)
-        self.a = self.shrinkage * mu
-        self.b = (1.0 - self.shrinkage) / m
-        self.dense = None
-        if self.a <= 1e-12 * max(mu, 1e-300):  # no shrinkage (m >> p): invert S directly
-            self.dense = np.linalg.pinv(self.z.T @ self.z / m)
-        else:
-            self.k = np.eye(m) + (self.b / self.a) * (self.z @ self.z.T)
+        z = ref - self.mean
+        m, p = z.shape
+        self.shrinkage = lw_shrinkage(z)
+        mu = float(np.sum(z ** 2)) / (m * p)
+        a = self.shrinkage * mu
+        b = (1.0 - self.shrinkage) / m
+        _u, s, self.vt = np.linalg.svd(z, full_matrices=False)
+        eig = a + b * s ** 2  # eigenvalues of S along the rows of vt
+        top = max(float(np.max(np.abs(eig), initial=0.0)), abs(a))
+        cutoff = p * np.finfo(np.float64).eps * top
+        self.inv_eig = np.where(np.abs(eig) > cutoff, 1.0 / np.where(eig == 0, 1.0, eig), 0.0)
+        full_rank = self.vt.shape[0] >= p
+        self.inv_a = 1.0 / a if (abs(a) > cutoff and not full_rank) else 0.0
+        self.singular = bool((self.inv_eig == 0).any() or (not full_rank and self.inv_a == 0))
 
     def terms(self, x: np.ndarray) -> np.ndarray:
-        """Additive terms ``x_j (S^-1 x)_j`` of the squared distance, (n, p)."""
+        """Additive terms ``x_j (S^+ x)_j`` of the squared distance, (n, p)."""
         xc = np.atleast_2d(x) - self.mean
-        if self.dense is not None:
-            return xc * (xc @ self.dense)
-        w = np.linalg.solve(self.k, self.z @ xc.T).T
-        prec_x = xc / self.a - (self.b / self.a ** 2) * (w @ self.z)
+        c = xc @ self.vt.T
+        prec_x = (c * self.inv_eig) @ self.vt
+        if self.inv_a:
+            prec_x += (xc - c @ self.vt) * self.inv_a
         return xc * prec_x
 
 
@@ -101,7 +121,8 @@ def normative_scores(emb: np.ndarray, is_reference: np.ndarray, seed: int = 0
     -------
     dict
         ``score`` (P,), ``percentile`` (P,), ``p`` (P,), ``terms`` (P, E) additive
-        contributions to ``score``, ``shrinkage`` and ``scheme``.
+        contributions to ``score``, ``shrinkage``, ``scheme``, ``n_singular_fits`` (cross-fits
+        whose covariance was singular, see :class:`_Reference`) and ``warnings``.
     """
     emb = np.asarray(emb, dtype=np.float64)
     ref_idx = np.flatnonzero(np.asarray(is_reference, dtype=bool))
@@ -120,9 +141,24 @@ def normative_scores(emb: np.ndarray, is_reference: np.ndarray, seed: int = 0
         rng = np.random.default_rng(seed)
         splits = np.array_split(rng.permutation(m), N_SPLITS)
         scheme = f"{N_SPLITS}-fold cross-fitting over the reference participants (seed {seed})"
+    n_singular = 0
+    min_train = m
     for held in splits:
         train = np.setdiff1d(np.arange(m), held)
-        terms[ref_idx[held]] = _Reference(emb[ref_idx[train]]).terms(emb[ref_idx[held]])
+        fit = _Reference(emb[ref_idx[train]])
+        terms[ref_idx[held]] = fit.terms(emb[ref_idx[held]])
+        n_singular += fit.singular
+        min_train = min(min_train, len(train))
+    warnings = []
+    if n_singular:
+        warnings.append(
+            f"the reference covariance is singular (Ledoit-Wolf shrinkage 0) in {n_singular} of "
+            f"the {len(splits)} out-of-sample fits (smallest fit: {min_train} reference "
+            "participants); as scikit-learn's LedoitWolf, its pseudo-inverse is used, so those "
+            "reference participants' scores measure the deviation within the span of the "
+            "other reference participants only and are not comparable with the other "
+            "participants' scores, percentiles or p-values. Use at least 4 reference "
+            "participants (many more for usable percentiles)")
     score = terms.sum(axis=1)
     ref_scores = score[ref_idx]
     percentile = np.empty(len(emb))
@@ -134,7 +170,9 @@ def normative_scores(emb: np.ndarray, is_reference: np.ndarray, seed: int = 0
         percentile[i] = 100.0 * np.mean(comp < s)
         p[i] = (1.0 + np.sum(comp >= s)) / (1.0 + len(comp))
     return {"score": score, "percentile": percentile, "p": p, "terms": terms,
-            "shrinkage": full.shrinkage, "scheme": scheme, "n_reference": m}
+            "shrinkage": full.shrinkage, "scheme": scheme, "n_reference": m,
+            "singular_full_fit": full.singular, "n_singular_fits": int(n_singular),
+            "warnings": warnings}
 
 
 def roi_blocks(columns: list[str]) -> tuple[list[str], np.ndarray]:

@@ -123,7 +123,14 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     if table_path is not None:
         from .targets import read_participants
 
-        table = read_participants(table_path)
+        try:
+            table = read_participants(table_path)
+        except ConfigError as exc:
+            if needs_table:
+                raise
+            # only used to list participants without outputs: report it and go on
+            LOGGER.warning("participants table not used: %s", exc.one_line())
+            table_path = None
     if needs_table and table is None:
         raise ConfigError("--target/--reference need participants.tsv, and none was found",
                           path=bids_dir, remedy="Pass --participants-tsv PATH")
@@ -154,13 +161,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         write_table(frame, gdir / f"group_desc-{name}_runs_predictions.tsv")
 
     if table is not None:
-        seen = set(coll.participants)
-        for pid in table.index:
-            if pid not in seen and (not labels or pid[4:] in labels):
-                coll.exclusions.append({"participant_id": pid, "atlas": "n/a",
-                                        "stage": "participant", "status": "missing",
-                                        "reason": "listed in participants.tsv but no outputs in "
-                                                  "the output folder"})
+        _participants_vs_table(coll, table, table_path, labels, needs_table)
     _write_exclusions(coll.exclusions, gdir / "group_exclusions.tsv")
 
     failures: list[str] = []
@@ -218,6 +219,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         "model": None if model_name is None else {
             k: (model_card or {}).get(k) for k in ("name", "version", "sha256")} | {
             "name": model_name},
+        "models_collected": sorted(set(coll.embeddings) | set(coll.predictions)),
         "n_participants": len(coll.participants), "n_participants_with_embedding": n_subjects,
         "n_runs": int(len(coll.qc)), "n_exclusions": len(coll.exclusions),
         "targets": [{"column": t["target"], "task_type": t["task_type"],
@@ -225,12 +227,98 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         "harmonization": harmonization,
         "normative": normative, "qcfc": qcfc, "failures": failures,
     }
+    removed = remove_stale_outputs(gdir, record)
+    if removed:
+        LOGGER.info("removed %d group output(s) that this run did not produce (left by an "
+                    "earlier run with other options): %s", len(removed), ", ".join(removed))
     write_json_atomic(gdir / "group.json", record)
     _reports(output_dir, record)
     LOGGER.info("group level done: %d participant(s), %d run row(s), %d target(s)%s. Outputs in "
                 "%s", len(coll.participants), len(coll.qc), len(done_targets),
                 f", {len(failures)} failure(s)" if failures else "", gdir)
     return 1 if failures else 0
+
+
+def current_outputs(record: dict[str, Any]) -> set[str]:
+    """Names of the entries of ``group/`` that the run described by ``record`` wrote."""
+    names = {"group.json", "group_runs_qc.tsv", "group_exclusions.tsv"}
+    for model in record.get("models_collected") or ():
+        names |= {f"group_desc-{model}_runs_embedding.tsv",
+                  f"group_desc-{model}_subjects_embedding.tsv",
+                  f"group_desc-{model}_runs_predictions.tsv"}
+    for atlas in record.get("qcfc") or {}:
+        names |= {f"group_seg-{atlas}_qcfc.tsv", f"group_seg-{atlas}_qcfc.json"}
+    for t in record.get("targets") or ():
+        names.add(t["folder"])
+    if record.get("normative"):
+        names.add("normative")
+    return names
+
+
+def remove_stale_outputs(gdir: Path, record: dict[str, Any]) -> list[str]:
+    """Delete the group level's own outputs that this run did not write; return their names.
+
+    ``group/`` is recomputed on every call, so a ``target-<COLUMN>`` folder of a target not
+    requested (or failed) this time, ``normative/`` without ``--reference``, or the tables of
+    a model or atlas no longer present would describe another cohort or other options. Only
+    names the group level writes are considered (``group_*.tsv``, ``group_*.json``,
+    ``target-*``, ``normative``); any other file a user put there is left alone. Hidden
+    temporary files of a killed group level (``.<name>.<random>.tmp<ext>``) are removed too.
+    """
+    import re
+    import shutil
+
+    keep = current_outputs(record)
+    own = re.compile(r"^(group_.+\.(tsv|json)|target-[^/]+|normative)$")
+    removed = []
+    for entry in sorted(gdir.iterdir()):
+        name = entry.name
+        if name.startswith(".") and ".tmp" in name:
+            if entry.is_file():
+                entry.unlink(missing_ok=True)
+            continue
+        if name in keep or not own.match(name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(name)
+    for folder in [gdir / n for n in keep if (gdir / n).is_dir()]:
+        for tmp in folder.rglob(".*.tmp*"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+    return removed
+
+
+def _participants_vs_table(coll, table: pd.DataFrame, table_path: Path, labels,
+                           needs_table: bool) -> None:
+    """List participants without outputs, and participants with outputs but no table row.
+
+    Both go into the exclusions table (stage ``participant``); the second also gets a
+    warning, since their runs are in the group tables but no target value can reach them.
+    """
+    seen = set(coll.participants)
+    for pid in table.index:
+        if pid not in seen and (not labels or pid[4:] in labels):
+            coll.exclusions.append({"participant_id": pid, "atlas": "n/a",
+                                    "stage": "participant", "status": "missing",
+                                    "reason": "listed in participants.tsv but no outputs in "
+                                              "the output folder"})
+    unlisted = [pid for pid in coll.participants if pid not in table.index]
+    if not unlisted:
+        return
+    effect = ("no --target value or --group-column value: left out of every head; scored as a "
+              "non-reference participant by --reference" if needs_table
+              else "no participants.tsv values")
+    LOGGER.warning("%d participant(s) have outputs but no row in %s (%s): %s", len(unlisted),
+                   table_path, effect,
+                   ", ".join(unlisted[:20]) + (" ..." if len(unlisted) > 20 else ""))
+    for pid in unlisted:
+        coll.exclusions.append({"participant_id": pid, "atlas": "n/a", "stage": "participant",
+                                "status": "unlisted",
+                                "reason": f"has outputs but no row in {Path(table_path).name} "
+                                          f"({effect})"})
 
 
 def _check_columns(parsed: dict[str, Any], group_column: str | None, table: pd.DataFrame,
@@ -377,6 +465,10 @@ def _normative(reference, table, table_path, ids, emb, cols, gdir, harmonization
                                    if per_roi else "not available: the embedding columns are "
                                    "not per-ROI blocks for this model",
               "details": " ".join((method_doc or "").split())}
+    if res["warnings"]:
+        method["warnings"] = res["warnings"]
+        for text in res["warnings"]:
+            LOGGER.warning("normative (--reference %s=%s): %s", column, value, text)
     if harmonization:
         method["harmonization"] = _brief(harmonization)
     write_json_atomic(folder / "method.json", method)
@@ -474,6 +566,10 @@ def _qcfc(coll, gdir: Path) -> dict[str, Any]:
 
 def _reports(output_dir: Path, record: dict[str, Any]) -> None:
     """Group report and citation text (the reports module, when installed)."""
+    from ..utils import remove_stale_temps
+
+    remove_stale_temps(output_dir, "group.")  # temps left by a killed report
+    remove_stale_temps(output_dir / "logs", "CITATION.")
     try:
         from .. import reports
     except ImportError:

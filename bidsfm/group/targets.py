@@ -54,11 +54,20 @@ def parse_target(value: str) -> TargetSpec:
 def read_participants(path: str | Path) -> pd.DataFrame:
     """participants.tsv as strings (``n/a`` and empty = missing), ``participant_id`` = ``sub-X``.
 
+    ``participant_id`` may be written with or without ``sub-``. A participant listed twice
+    (``01`` and ``sub-01`` count as the same) is accepted only when the rows agree: identical
+    rows are collapsed into one with a warning; rows that disagree in any column are an error
+    naming the participant and the column, because choosing one of them would silently change
+    labels.
+
     Raises
     ------
     ConfigError
-        If the file cannot be read or has no ``participant_id`` column.
+        If the file cannot be read, has no ``participant_id`` column, has a row with an empty
+        ``participant_id``, or lists a participant twice with different values.
     """
+    import logging
+
     path = Path(path)
     try:
         frame = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", ""],
@@ -69,8 +78,32 @@ def read_participants(path: str | Path) -> pd.DataFrame:
                                  "--participants-tsv") from None
     if "participant_id" not in frame:
         raise ConfigError("participants table has no participant_id column", path=path)
-    ids = frame["participant_id"].astype(str).str.strip()
+    raw = frame["participant_id"]
+    ids = raw.fillna("").astype(str).str.strip()
+    empty = np.flatnonzero((ids == "").to_numpy() | (ids == "sub-").to_numpy())
+    if len(empty):
+        rows = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise ConfigError(f"empty participant_id in {len(empty)} row(s) (data row {rows}, "
+                          "counted after the header)", path=path,
+                          remedy="Give every row a participant_id (sub-<label>) or delete it")
     frame["participant_id"] = [i if i.startswith("sub-") else f"sub-{i}" for i in ids]
+    dup = frame["participant_id"].duplicated(keep=False)
+    if dup.any():
+        # compare duplicate rows with missing values equal to each other
+        block = frame[dup].fillna("n/a")
+        for pid, rows in block.groupby("participant_id", sort=True):
+            for column in rows.columns:
+                values = rows[column].astype(str).str.strip().unique()
+                if len(values) > 1:
+                    shown = " vs ".join(repr(v) for v in values[:3])
+                    raise ConfigError(
+                        f"participant {pid} has {len(rows)} rows that disagree (column "
+                        f"{column}: {shown})", path=path,
+                        remedy="Keep one row per participant")
+        names = sorted(set(frame.loc[dup, "participant_id"]))
+        logging.getLogger("bidsfm.group").warning(
+            "%s: %d participant(s) listed more than once with identical rows, each used once: "
+            "%s", path, len(names), ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
     return frame.drop_duplicates("participant_id").set_index("participant_id")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..errors import InputDataError
 from . import figures
@@ -47,17 +48,20 @@ def write_group_report(output_dir: Path) -> Path:
                              remedy="Run 'bidsfm BIDS_DIR OUTPUT_DIR group' first")
     meta, meta_problem = read_json(group / "group.json")
     meta = meta or {}
-    targets = _target_dirs(group)
+    targets = _target_dirs(group, meta)
     sections = [
-        ("cohort", "Cohort", _cohort(group, meta, meta_problem)),
-        ("embedding", "Embedding map", _embedding(group, meta, targets)),
+        ("cohort", "Cohort", _safe(_cohort, group, meta, meta_problem)),
+        ("embedding", "Embedding map", _safe(_embedding, group, meta, targets)),
     ]
     for name, folder in targets:
-        sections.append((f"target-{name}", f"Target: {name}", _target(folder)))
+        sections.append((f"target-{name}", f"Target: {name}", _safe(_target, folder)))
+    normative = meta.get("normative") if "normative" in meta else True
     sections += [
-        ("normative", "Normative deviation", _normative(group / "normative")),
-        ("qcfc", "QC-FC", _qcfc(group)),
-        ("exclusions", "Run exclusions", _exclusions(group)),
+        ("normative", "Normative deviation", _safe(_normative, group / "normative")
+         if normative else h.note("No normative scores in this run (no --reference, or it "
+                                   "failed: see the failures under Cohort).", "info")),
+        ("qcfc", "QC-FC", _safe(_qcfc, group, meta)),
+        ("exclusions", "Run exclusions", _safe(_exclusions, group)),
     ]
     body = "\n".join(h.section(title, inner, anchor) for anchor, title, inner in sections)
     toc = [(anchor, title) for anchor, title, _ in sections]
@@ -84,7 +88,28 @@ def _target_columns(meta: dict[str, Any], targets: list[tuple[str, Path]]
     return out
 
 
-def _target_dirs(group: Path) -> list[tuple[str, Path]]:
+def _safe(builder, *args: Any) -> str:
+    """A section's HTML, or a note naming the error: one bad table never loses the report."""
+    try:
+        return builder(*args)
+    except Exception as exc:  # a damaged or unexpected table: say so in its section
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return h.note(f"This section could not be built ({type(exc).__name__}"
+                      f"{': ' + text if text else ''}).", "bad")
+
+
+def _target_dirs(group: Path, meta: dict[str, Any] | None = None) -> list[tuple[str, Path]]:
+    """Target folders of the run described by group.json (all ``target-*`` without it).
+
+    A ``target-*`` folder that group.json does not list was left by an earlier run with other
+    ``--target`` options (the group level removes those; this also covers older outputs).
+    """
+    listed = (meta or {}).get("targets")
+    if isinstance(listed, list):
+        folders = [str(t.get("folder")) for t in listed if isinstance(t, dict)
+                   and t.get("folder")]
+        return [(f[len("target-"):], group / f) for f in folders
+                if f.startswith("target-") and (group / f).is_dir()]
     out = []
     for folder in sorted(group.glob("target-*")):
         if folder.is_dir():
@@ -158,7 +183,7 @@ def _cohort(group: Path, meta: dict[str, Any], problem: str | None) -> str:
     for atlas, sub in (qc.groupby(by) if by else [("", qc)]):
         status = sub["status"].astype(str) if "status" in sub else None
         counts = status.value_counts().to_dict() if status is not None else {}
-        fd = sub["mean_fd"].astype(float) if "mean_fd" in sub else None
+        fd = pd.to_numeric(sub["mean_fd"], errors="coerce") if "mean_fd" in sub else None
         rows.append([atlas, len(sub), counts.get("ok", 0), counts.get("skipped", 0),
                      counts.get("error", 0),
                      float(np.nanmedian(fd)) if fd is not None and fd.notna().any() else None])
@@ -166,8 +191,9 @@ def _cohort(group: Path, meta: dict[str, Any], problem: str | None) -> str:
                  "row(s) in <code>group_runs_qc.tsv</code>.</p>")
     parts.append(h.table(["atlas", "runs", "ok", "skipped", "error", "median mean FD (mm)"],
                          rows))
-    if "mean_fd" in qc and qc["mean_fd"].notna().any():
-        png = figures.histogram(qc["mean_fd"].to_numpy(dtype=float),
+    all_fd = pd.to_numeric(qc["mean_fd"], errors="coerce") if "mean_fd" in qc else None
+    if all_fd is not None and all_fd.notna().any():
+        png = figures.histogram(all_fd.dropna().to_numpy(dtype=float),
                                 "Mean framewise displacement per run", "mean FD (mm)")
         parts.append(h.figure(png, "mean FD histogram", "Distribution of the runs' mean "
                               "framewise displacement (from fMRIPrep's confounds)."))
@@ -392,8 +418,11 @@ def _normative(folder: Path) -> str:
     return "".join(parts)
 
 
-def _qcfc(group: Path) -> str:
+def _qcfc(group: Path, meta: dict[str, Any] | None = None) -> str:
     files = sorted(group.glob("group_seg-*_qcfc.tsv"))
+    listed = (meta or {}).get("qcfc")
+    if isinstance(listed, dict):  # only the atlases of this run (not tables left by another)
+        files = [f for f in files if entities(f.name).get("seg") in listed]
     if not files:
         return _missing(group / "group_seg-<ATLAS>_qcfc.tsv", None, "QC-FC")
     parts = []
