@@ -1,19 +1,30 @@
 #!/usr/bin/env python
-"""Leave-one-site-out evaluation of the bundled FC and time-series models on ABIDE CC200.
+"""Leave-one-site-out evaluation of the bundled models against the strongest classical baselines.
 
-    .venv/bin/python benchmarks/evaluate_models.py [--models bidsfmfc bidsfmts]
-        [--shared-data PATH] [--skip-baseline] [--repeats 5] [--tr-check 60] [--json out.json]
+    .venv/bin/python benchmarks/evaluate_models.py [--models bidsfmfc bidsfm/data/archive/...]
+        [--shared-data PATH] [--repeats 5] [--json out.json] [--write-card]
+        [--no-controls] [--no-identification]
 
-Prints, over the 16 ABIDE sites and with the same heads, folds and bootstrap for every row
-(:func:`bidsfm.models.build.evaluate`):
-  (a) raw Pearson FC (upper triangle) + linear heads (the literature's baseline);
-  (b) each model's frozen embedding + linear probe, leave-one-site-out (heads refitted without
-      each site, inner site-grouped search of the regularisation);
-for time-series models a control row: the same architecture with random (untrained) weights;
-then the few-shot diagnosis curve of every row, and for time-series models a TR-robustness
-check on real runs: cosine similarity between the embedding of a run and of the same run
-resampled to another TR and back (and of the run as if acquired at TR 3 s), against the
-similarity between different participants (embeddings centred on the cohort mean).
+One run, on ABIDE I CC200 (833 participants, 16 sites; ASD vs TC), with the same folds, the same
+heads (L2 logistic regression, regularisation chosen by an inner site-grouped search on the
+training sites, :func:`bidsfm.models.heads.fit_binary_head`) and the same bootstrap for every
+row:
+
+* classical rows: Pearson FC + LR; tangent-space FC + LR (reference = log-Euclidean mean fitted
+  on the training sites of each fold only); both again with per-site centring (each site's
+  features minus that site's mean: transductive, labels never used);
+* each model's frozen embedding + the same probe, with and without the same centring;
+* for the tangent model: controls — the same architecture with random weights (seed 0; same
+  reference, its own readout axes fitted the same way) and a PCA of the input representation
+  (tangent FC, fitted on all participants without labels) with as many components as the
+  embedding has dimensions (capped at the number of participants minus one) and with 256;
+* for every model and control row: the paired bootstrap 95 % CI of its AUC difference to the
+  best classical row of the same kind (uncentred vs uncentred, centred vs centred);
+* the regularisation chosen in every fold, and whether any fold picked an edge of the grid;
+* the few-shot curve (k = 5, 10, 20, 50 per class drawn from the other sites) of every row;
+* pipeline robustness on the participants with both PCP pipelines (nofilt_noglobal and
+  filt_global): identification accuracy and differential identifiability of raw FC, tangent FC
+  and each model's embedding.
 """
 
 from __future__ import annotations
@@ -26,145 +37,310 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+ARCHIVED_V1 = ROOT / "bidsfm" / "data" / "archive" / "bidsfmfc-1.0.0"
 
 
-def model_embeddings(model, series, trs):
-    """Embeddings of the ABIDE runs with a model of either family."""
-    from bidsfm.models.build import abide_ts_embeddings, full_fc
-
-    if getattr(model, "input_kind", "fc") == "timeseries":
-        return abide_ts_embeddings(model.encoder, series, trs, model.spec)
-    return model.encode(full_fc(series))
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def tr_robustness(model, series, trs, n: int = 60, seed: int = 0) -> dict[str, float]:
-    """Cosine similarities (centred embeddings) for TR round trips vs between participants."""
-    import numpy as np
+def centre_per_site(x: np.ndarray, sites: np.ndarray) -> np.ndarray:
+    """Subtract each site's mean feature vector (no labels)."""
+    out = np.array(x, dtype=np.float32, copy=True)
+    for s in np.unique(sites):
+        out[sites == s] -= out[sites == s].mean(axis=0)
+    return out
 
-    from bidsfm.models.resample import resample_run
+
+class Row:
+    """Features of one table row: fixed, or rebuilt per held-out site (tangent reference)."""
+
+    def __init__(self, label: str, kind: str, fixed: np.ndarray | None = None,
+                 per_fold: dict[str, np.ndarray] | None = None, centred: bool = False,
+                 sites: np.ndarray | None = None) -> None:
+        self.label, self.kind, self.centred = label, kind, centred
+        self._fixed, self._per_fold, self._sites = fixed, per_fold, sites
+        self._cache: dict[str, np.ndarray] = {}
+
+    def features(self, site: str) -> np.ndarray:
+        x = self._fixed if self._per_fold is None else self._per_fold[site]
+        if not self.centred:
+            return x
+        key = "all" if self._per_fold is None else site
+        if key not in self._cache:
+            self._cache[key] = centre_per_site(x, self._sites)
+        return self._cache[key]
+
+
+def loso(row: Row, y: np.ndarray, sites: np.ndarray) -> dict:
+    """Leave-one-site-out out-of-fold P(ASD), chosen C per fold, AUC with bootstrap CI."""
+    from sklearn.metrics import roc_auc_score
+
+    from bidsfm.models.heads import C_GRID, bootstrap_ci, fit_binary_head
+
+    oof = np.full(len(y), np.nan)
+    chosen = {}
+    for site in np.unique(sites):
+        te = sites == site
+        x = row.features(site)
+        head = fit_binary_head("cv", x[~te], y[~te], ["TC", "ASD"], sites[~te])
+        oof[te] = head.predict(x[te])
+        chosen[str(site)] = head.info["C"]
+    edges = sorted({s for s, c in chosen.items() if c in (C_GRID[0], C_GRID[-1])})
+    return {"auc": float(roc_auc_score(y, oof)), "auc_ci95": bootstrap_ci(roc_auc_score, y, oof),
+            "oof": oof, "C_per_site": chosen, "edge_folds": edges}
+
+
+def few_shot(row: Row, y: np.ndarray, sites: np.ndarray, shots=(5, 10, 20, 50),
+             repeats: int = 5, seed: int = 0) -> dict[int, dict[str, float]]:
+    """Few-shot LOSO curve: k per class from the other sites (same draws for every row)."""
+    from sklearn.metrics import roc_auc_score
+
+    from bidsfm.models.heads import fit_binary_head
 
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(series), size=min(n, len(series)), replace=False)
-    base = model.embed([series[i] for i in pick], [float(trs[i]) for i in pick])
-    other_tr = [2.5 if abs(trs[i] - 2.5) > 0.1 else 1.5 for i in pick]
-    trip = model.embed([resample_run(resample_run(series[i], trs[i], t), t, trs[i])
-                        for i, t in zip(pick, other_tr, strict=True)],
-                       [float(trs[i]) for i in pick])
-    at3 = model.embed([resample_run(series[i], trs[i], 3.0) for i in pick], [3.0] * len(pick))
-    centre = base.mean(axis=0)
+    out = {}
+    for k in shots:
+        aucs = []
+        for _ in range(repeats):
+            oof = np.full(len(y), np.nan)
+            for site in np.unique(sites):
+                te = sites == site
+                pool = np.flatnonzero(~te)
+                pick = np.concatenate([rng.choice(pool[y[pool] == c], size=k, replace=False)
+                                       for c in (0, 1)])
+                x = row.features(site)
+                oof[te] = fit_binary_head("few", x[pick], y[pick], ["TC", "ASD"]).predict(x[te])
+            aucs.append(roc_auc_score(y, oof))
+        out[int(k)] = {"auc_mean": float(np.mean(aucs)), "auc_sd": float(np.std(aucs))}
+    return out
 
-    def cos(a, b):
-        a, b = a - centre, b - centre
-        return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
-    perm = np.roll(np.arange(len(pick)), 1)
-    return {"n": int(len(pick)),
-            "roundtrip_cos_mean": float(cos(base, trip).mean()),
-            "roundtrip_cos_min": float(cos(base, trip).min()),
-            "as_if_tr3_cos_mean": float(cos(base, at3).mean()),
-            "between_participants_cos_mean": float(cos(base, base[perm]).mean()),
-            "between_participants_cos_max": float(cos(base, base[perm]).max())}
+def tangent_per_fold(fc: np.ndarray, sites: np.ndarray, shrinkage: float
+                     ) -> dict[str, np.ndarray]:
+    """Tangent FC (upper triangle with diagonal) with a reference fitted per training fold."""
+    from bidsfm.models.pretrain_tangent import fit_reference
+    from bidsfm.models.tangent import tangent_space
+
+    iu = np.triu_indices(fc.shape[1])
+    out = {}
+    for site in np.unique(sites):
+        ref, fill = fit_reference(fc[sites != site], shrinkage)
+        t = tangent_space(fc, ref, fill, shrinkage)
+        out[str(site)] = t[:, iu[0], iu[1]].astype(np.float32)
+    return out
+
+
+def identification(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Identification accuracy (both directions) and differential identifiability (x100).
+
+    Rows of ``a`` and ``b`` are the same participants under two pipelines. Similarity is the
+    Pearson correlation of feature vectors (Finn et al. 2015); differential identifiability is
+    mean same-person minus mean different-person similarity (Amico & Goni 2018), given raw and
+    after centring each pipeline on its cohort mean.
+    """
+    def one(x, z):
+        x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+        z = (z - z.mean(1, keepdims=True)) / z.std(1, keepdims=True)
+        s = x @ z.T / x.shape[1]
+        n = len(s)
+        acc = 0.5 * (np.mean(s.argmax(1) == np.arange(n)) + np.mean(s.argmax(0) == np.arange(n)))
+        off = ~np.eye(n, dtype=bool)
+        return float(acc), float(100 * (np.diag(s).mean() - s[off].mean()))
+
+    acc, idiff = one(a, b)
+    acc_c, idiff_c = one(a - a.mean(0), b - b.mean(0))
+    return {"n": int(len(a)), "accuracy": acc, "idiff": idiff, "accuracy_centred": acc_c,
+            "idiff_centred": idiff_c}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["bidsfmfc", "bidsfmts"])
+    parser.add_argument("--models", nargs="+", default=["bidsfmfc", str(ARCHIVED_V1)])
     parser.add_argument("--shared-data", default=None)
-    parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--tr-check", type=int, default=60,
-                        help="participants in the TR-robustness check (0 = skip)")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--no-random-control", action="store_true",
-                        help="skip the control row of time-series models: the same "
-                             "architecture with random (untrained, seed 0) weights")
+    parser.add_argument("--write-card", action="store_true",
+                        help="store the table in the first model's card (bundled model only)")
+    parser.add_argument("--no-controls", action="store_true")
+    parser.add_argument("--no-identification", action="store_true")
+    parser.add_argument("--no-few-shot", action="store_true")
     args = parser.parse_args()
 
-    import numpy as np
+    import torch
 
-    from bidsfm.models.build import (
-        evaluate,
-        fc_baseline,
-        few_shot,
-        format_few_shot_table,
-        format_table,
-        full_fc,
-        load_abide,
-    )
-    from bidsfm.models.registry import load_model
+    from bidsfm.models.build import full_fc
+    from bidsfm.models.build_tangent import fit_readout, load_abide_views, tangent_embeddings
+    from bidsfm.models.heads import C_GRID, paired_bootstrap_auc_difference
+    from bidsfm.models.registry import load_model, model_dir
+    from bidsfm.models.tangent import DEFAULT_SHRINKAGE, tangent_space
 
+    torch.set_num_threads(2)
     t0 = time.time()
-    pheno, series = load_abide(args.shared_data)
-    trs = pheno["repetition_time"].astype(float).to_numpy()
-    print(f"ABIDE I: {len(pheno)} participants, {pheno['site'].nunique()} sites, TR "
-          f"{trs.min():g}-{trs.max():g} s\n")
-    results, curves, embs, robust = {}, {}, {}, {}
-    if not args.skip_baseline:
-        fc = full_fc(series)
-        results["(a) raw FC + linear head"] = fc_baseline(fc, pheno)
-        iu = np.triu_indices(fc.shape[1], k=1)
-        embs["raw FC"] = np.nan_to_num(fc[:, iu[0], iu[1]])
-    for name in args.models:
-        model = load_model(name)
+    pheno, views = load_abide_views(args.shared_data)
+    y = (pheno["diagnosis"].astype(str) == "ASD").astype(int).to_numpy()
+    sites = pheno["site"].astype(str).to_numpy()
+    fc = full_fc(views[0])
+    iu1 = np.triu_indices(fc.shape[1], k=1)
+    pearson = np.nan_to_num(fc[:, iu1[0], iu1[1]]).astype(np.float32)
+    log("tangent references per fold")
+    tan_folds = tangent_per_fold(fc, sites, DEFAULT_SHRINKAGE)
+    rows: list[Row] = []
+    for centred in (False, True):
+        suffix = ", centred per site" if centred else ""
+        rows.append(Row(f"Pearson FC + LR{suffix}", "classical", fixed=pearson,
+                        centred=centred, sites=sites))
+        rows.append(Row(f"tangent FC + LR{suffix}", "classical", per_fold=tan_folds,
+                        centred=centred, sites=sites))
+    info: dict[str, dict] = {}
+    embs_nofilt: dict[str, np.ndarray] = {"raw Pearson FC": pearson}
+    for spec in args.models:
+        model = load_model(spec)
+        label = f"{model.name} {model.card['version']}"
         t1 = time.time()
-        emb = model_embeddings(model, series, trs)
-        embs[f"{name} embedding"] = emb
-        print(f"model {name} {model.card['version']} ({model.card['family']}, sha256 "
-              f"{model.card['sha256'][:12]}): embedding size {emb.shape[1]}, embedded in "
-              f"{time.time() - t1:.0f} s")
-        results[f"(b) {name} embedding + linear probe"] = res = evaluate(emb, pheno)
-        stored = {h: m["validation"] for h, m in model.card.get("heads", {}).items()}
-        for head, r in res.items():
-            key = "auc" if "auc" in r else "mae"
-            if head in stored:
-                print(f"  check: {head} {key} recomputed {r[key]:.4f}, model card "
-                      f"{stored[head][key]:.4f}")
-        is_ts = getattr(model, "input_kind", "fc") == "timeseries"
-        if is_ts and not args.no_random_control:
-            import dataclasses
-
-            import torch
-
-            from bidsfm.models.brainjepa import BrainJEPAEncoder
+        emb = model.encode(fc)
+        info[label] = {"sha256": model.card["sha256"], "embedding_size": int(emb.shape[1]),
+                       "path": str(model_dir(spec))}
+        log(f"{label}: embedding {emb.shape[1]} values in {time.time() - t1:.0f} s")
+        embs_nofilt[label] = emb
+        for centred in (False, True):
+            suffix = ", centred per site" if centred else ""
+            rows.append(Row(f"{label} embedding + LR{suffix}", "model", fixed=emb,
+                            centred=centred, sites=sites))
+        is_tangent = model.card.get("encoder_config", {}).get("kind") == "tangent"
+        if is_tangent and not args.no_controls:
+            from bidsfm.models.tangentmass import TangentMassEncoder
 
             torch.manual_seed(0)
-            rnd = BrainJEPAEncoder(model.encoder.config, model.encoder.gradients.cpu().numpy())
-            if rnd.config.readout == "connectivity" and rnd.config.readout_dim:
-                # the control gets its own readout axes, fitted the same way (no labels)
-                from bidsfm.models.build import fit_abide_readout, prepare_abide_windows
+            rnd = TangentMassEncoder(model.encoder.config)
+            rnd.set_reference(model.encoder.whiten, model.encoder.fill)
+            rnd.eval()
+            fit_readout(rnd, fc)
+            emb0 = tangent_embeddings(rnd, fc)
+            embs_nofilt[f"{label} random-weight control"] = emb0
+            ref_t = tangent_space(fc, _reference_of(model.encoder), model.encoder.fill.numpy(),
+                                  model.encoder.config.shrinkage)
+            iu = np.triu_indices(fc.shape[1])
+            tan_all = ref_t[:, iu[0], iu[1]]
+            ncomp = min(emb.shape[1], len(tan_all) - 1)
+            from sklearn.decomposition import PCA
 
-                fit_abide_readout(rnd.eval(), prepare_abide_windows(series, trs, model.spec))
-            control = dataclasses.replace(model, encoder=rnd.eval())
-            label = f"(b0) {name} architecture, random weights (control)"
-            embs[f"{name} random-weight control"] = emb0 = model_embeddings(control, series,
-                                                                            trs)
-            results[label] = evaluate(emb0, pheno)
-        if is_ts and args.tr_check > 0:
-            robust[name] = tr_robustness(model, series, trs, n=args.tr_check)
-    print("\nLeave-one-site-out:\n")
-    print(format_table(results))
-    print("\nFew-shot diagnosis (k per class from the other sites; pooled LOSO AUC, "
-          f"mean +- sd over {args.repeats} repeats):\n")
-    for label, emb in embs.items():
-        curves[label] = few_shot(emb, pheno, repeats=args.repeats)
-    print(format_few_shot_table(curves))
-    for name, r in robust.items():
-        print(f"\nTR robustness of {name} ({r['n']} ABIDE runs; cosine similarity of centred "
-              "embeddings):")
-        print(f"- run vs the same run resampled to another TR and back: mean "
-              f"{r['roundtrip_cos_mean']:.3f}, min {r['roundtrip_cos_min']:.3f}")
-        print(f"- run vs the same run resampled to TR 3 s (embedded at TR 3 s): mean "
-              f"{r['as_if_tr3_cos_mean']:.3f}")
-        print(f"- run vs another participant's run: mean "
-              f"{r['between_participants_cos_mean']:.3f}, max "
-              f"{r['between_participants_cos_max']:.3f}")
+            scores = PCA(n_components=ncomp, random_state=0).fit_transform(tan_all)
+            info[label]["pca_components"] = int(ncomp)
+            # as many dimensions as the embedding (capped at N - 1), and the 256 of the issue
+            pcas = {d: scores[:, :d].astype(np.float32) for d in sorted({ncomp, min(256, ncomp)})}
+            for centred in (False, True):
+                suffix = ", centred per site" if centred else ""
+                rows.append(Row(f"control: {label} architecture, random weights{suffix}",
+                                "control", fixed=emb0, centred=centred, sites=sites))
+                for d, pca in pcas.items():
+                    rows.append(Row(f"control: PCA of tangent FC ({d} dims){suffix}",
+                                    "control", fixed=pca, centred=centred, sites=sites))
+    results: dict[str, dict] = {}
+    for row in rows:
+        t1 = time.time()
+        res = loso(row, y, sites)
+        res["kind"], res["centred"] = row.kind, row.centred
+        results[row.label] = res
+        log(f"{row.label}: AUC {res['auc']:.3f} ({time.time() - t1:.0f} s)")
+    best = {}
+    for centred in (False, True):
+        cands = {k: r for k, r in results.items() if r["kind"] == "classical"
+                 and r["centred"] == centred}
+        best[centred] = max(cands, key=lambda k: cands[k]["auc"])
+    for res in results.values():
+        if res["kind"] == "classical":
+            continue
+        ref = results[best[res["centred"]]]
+        res["vs_best_classical"] = {"row": best[res["centred"]],
+                                    "difference_ci95": paired_bootstrap_auc_difference(
+                                        y, res["oof"], ref["oof"])}
+    print("\nLeave-one-site-out ASD vs TC (ABIDE I, 833 participants, 16 sites):\n")
+    print("| features + probe | AUC (95% CI) | difference to the best classical row of the "
+          "same kind (paired 95% CI) | folds at a grid edge |")
+    print("| --- | --- | --- | --- |")
+    for label, res in results.items():
+        lo, hi = res["auc_ci95"]
+        if "vs_best_classical" in res:
+            d, dlo, dhi = res["vs_best_classical"]["difference_ci95"]
+            diff = f"{d:+.3f} ({dlo:+.3f} to {dhi:+.3f}) vs {res['vs_best_classical']['row']}"
+        else:
+            diff = "(best of its kind)" if label in best.values() else ""
+        print(f"| {label} | {res['auc']:.3f} ({lo:.3f}-{hi:.3f}) | {diff} | "
+              f"{len(res['edge_folds'])} of 16 |")
+    chosen = sorted({c for r in results.values() for c in r["C_per_site"].values()})
+    print(f"\nRegularisation grid C = {C_GRID[0]:g} ... {C_GRID[-1]:g} ({len(C_GRID)} values); "
+          f"values chosen over all rows and folds: {', '.join(f'{c:g}' for c in chosen)}")
+    curves = {}
+    if not args.no_few_shot:
+        print("\nFew-shot (k per class drawn from the other sites; pooled LOSO AUC, mean +- sd "
+              f"over {args.repeats} repeats):\n")
+        print("| features | k=5 | k=10 | k=20 | k=50 |")
+        print("| --- | --- | --- | --- | --- |")
+        for row in rows:
+            curves[row.label] = c = few_shot(row, y, sites, repeats=args.repeats)
+            print(f"| {row.label} | " + " | ".join(f"{c[k]['auc_mean']:.3f} +- "
+                                                   f"{c[k]['auc_sd']:.3f}" for k in sorted(c))
+                  + " |", flush=True)
+    ident = {}
+    if not args.no_identification and any(s is not None for s in views[1]):
+        both = np.array([s is not None for s in views[1]])
+        fc2 = full_fc([s for s in views[1] if s is not None])
+        fc1 = fc[both]
+        ident["raw Pearson FC"] = identification(
+            np.nan_to_num(fc1[:, iu1[0], iu1[1]]), np.nan_to_num(fc2[:, iu1[0], iu1[1]]))
+        for spec in args.models:
+            model = load_model(spec)
+            label = f"{model.name} {model.card['version']}"
+            if model.card.get("encoder_config", {}).get("kind") == "tangent":
+                enc = model.encoder
+                iu = np.triu_indices(fc.shape[1])
+                t1 = tangent_space(fc1, _reference_of(enc), enc.fill.numpy(),
+                                   enc.config.shrinkage)
+                t2 = tangent_space(fc2, _reference_of(enc), enc.fill.numpy(),
+                                   enc.config.shrinkage)
+                ident["tangent FC"] = identification(t1[:, iu[0], iu[1]], t2[:, iu[0], iu[1]])
+            ident[f"{label} embedding"] = identification(model.encode(fc1), model.encode(fc2))
+        print(f"\nPipeline robustness ({int(both.sum())} participants with both PCP pipelines; "
+              "nearest neighbour by Pearson correlation of the features; Idiff = 100 x (mean "
+              "same-person - mean other-person similarity)):\n")
+        print("| features | identification accuracy | Idiff | identification (pipelines "
+              "centred) | Idiff (centred) |")
+        print("| --- | --- | --- | --- | --- |")
+        for label, r in ident.items():
+            print(f"| {label} | {r['accuracy']:.3f} | {r['idiff']:.1f} | "
+                  f"{r['accuracy_centred']:.3f} | {r['idiff_centred']:.1f} |")
     print(f"\n({time.time() - t0:.0f} s)")
+    out = {"loso": {k: {kk: vv for kk, vv in v.items() if kk != "oof"}
+                    for k, v in results.items()},
+           "best_classical": {"uncentred": best[False], "centred": best[True]},
+           "few_shot": curves, "identification": ident, "models": info,
+           "c_grid": list(C_GRID), "seconds": round(time.time() - t0, 1)}
     if args.json:
-        Path(args.json).write_text(json.dumps({"loso": results, "few_shot": curves,
-                                               "tr_robustness": robust}, indent=2,
-                                              default=str))
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    if args.write_card:
+        from bidsfm.utils import write_json_atomic
+
+        card_path = Path(info[next(iter(info))]["path"]) / "card.json"
+        card = json.loads(card_path.read_text())
+        card.setdefault("validation", {})["benchmark"] = {
+            "script": "benchmarks/evaluate_models.py", **json.loads(json.dumps(out,
+                                                                              default=str))}
+        write_json_atomic(card_path, card)
+
+
+def _reference_of(encoder) -> np.ndarray:
+    """The SPD reference M of a tangent encoder (from its stored M^-1/2)."""
+    from bidsfm.models.tangent import sym_apply
+
+    w = encoder.whiten.double().numpy()
+    return sym_apply(w, lambda v: v ** -2.0)
 
 
 if __name__ == "__main__":

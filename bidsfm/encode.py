@@ -162,7 +162,9 @@ def _record_in_qc(res: dict[str, Any], model_name: str) -> None:
         return
     table = pd.read_csv(qc, sep="\t", keep_default_na=False)
     table["model"] = model_name
-    table["model_status"] = res["status"]
+    # outputs reused from an earlier (possibly killed) job are the same files a clean run
+    # writes: the QC table says "ok" either way, so a resumed job equals a clean one
+    table["model_status"] = "ok" if res["status"] == "reused" else res["status"]
     table["model_reason"] = res.get("reason") or "n/a"
     with atomic_path(qc) as tmp:
         table.replace("", "n/a").to_csv(tmp, sep="\t", index=False)
@@ -219,10 +221,14 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
     attr = {h: _head_attribution(model, fcs, h, preds[h], attention_steps) for h in heads}
     # per-ROI embeddings (FC model, connectivity readout) are ROI-major: <ROI>_<k> columns;
     # a pooled embedding (mean readout) has no ROI, whatever its width
+    # (edge embeddings of tangent models: <ROI a>--<ROI b> columns, named by the encoder)
     pooled = getattr(getattr(model.encoder, "config", None), "readout", None) == "mean"
-    emb_cols = ([f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
-                if emb.shape[1] % len(names) == 0 and not pooled
-                else [f"emb_{k:03d}" for k in range(emb.shape[1])])
+    if hasattr(model.encoder, "embedding_columns"):
+        emb_cols = model.encoder.embedding_columns(names)
+    elif emb.shape[1] % len(names) == 0 and not pooled:
+        emb_cols = [f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
+    else:
+        emb_cols = [f"emb_{k:03d}" for k in range(emb.shape[1])]
     from .derivatives import write_tsv_atomic
 
     for i, (run, mpaths, fc_path, phash, qc_path) in enumerate(todo):

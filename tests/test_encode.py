@@ -51,7 +51,9 @@ def test_prediction_and_embedding_contents(encoded):
     assert pred.loc["diagnosis", "probability_of"] == "ASD"
     assert 0 < float(pred.loc["age", "value"]) < 100 and np.isnan(pred.loc["age", "probability"])
     emb = pd.read_csv(_files(out, "*_embedding.tsv")[0], sep="\t")
-    assert emb.shape == (1, 1600) and emb.columns[0] == "CC200_001_0"
+    # bidsfmfc 2.x: the refined tangent connectivity, upper triangle with the diagonal
+    assert emb.shape == (1, 200 * 201 // 2)
+    assert list(emb.columns[:2]) == ["CC200_001--CC200_001", "CC200_001--CC200_002"]
     meta = json.loads(_files(out, "*_embedding.json")[0].read_text())
     assert meta["Model"]["name"] == DEFAULT_MODEL and meta["Sources"][0].startswith("bids::")
 
@@ -114,7 +116,7 @@ def test_python_api(tiny_ds, encoded):
     ts_path = _files(encoded["out"] / "sub-01", "*_stat-mean_timeseries.tsv")[0]
     ts = pd.read_csv(ts_path, sep="\t", na_values="n/a").to_numpy()
     emb = model.embed([ts, ts], [2.0, 2.0])
-    assert emb.shape == (2, 1600) and np.allclose(emb[0], emb[1])
+    assert emb.shape == (2, 200 * 201 // 2) and np.allclose(emb[0], emb[1])
     saved = pd.read_csv(str(ts_path).replace("_stat-mean_timeseries.tsv",
                                              "_desc-bidsfmfc_embedding.tsv"), sep="\t")
     assert np.allclose(emb[0], saved.to_numpy()[0], atol=1e-5)

@@ -190,7 +190,28 @@ def roi_blocks(columns: list[str]) -> tuple[list[str], np.ndarray]:
 
 
 def roi_contributions(terms: np.ndarray, columns: list[str]) -> tuple[list[str], np.ndarray]:
-    """Sum the additive per-column terms within each ROI: (P, R) contributions."""
+    """Sum the additive per-column terms within each ROI: (P, R) contributions.
+
+    Columns ``<ROI>_<k>`` belong to their ROI; edge columns ``<ROI a>--<ROI b>`` (tangent
+    models) give half their term to each of the two ROIs (all of it when a == b), so the ROI
+    contributions still sum to the score.
+    """
+    if columns and all("--" in c for c in columns):
+        rois: list[str] = []
+        index: dict[str, int] = {}
+        pairs = []
+        for col in columns:
+            a, b = col.split("--", 1)
+            for roi in (a, b):
+                if roi not in index:
+                    index[roi] = len(rois)
+                    rois.append(roi)
+            pairs.append((index[a], index[b]))
+        out = np.zeros((terms.shape[0], len(rois)))
+        for j, (a, b) in enumerate(pairs):
+            out[:, a] += 0.5 * terms[:, j]
+            out[:, b] += 0.5 * terms[:, j]
+        return rois, out
     rois, codes = roi_blocks(columns)
     out = np.zeros((terms.shape[0], len(rois)))
     for j, c in enumerate(codes):

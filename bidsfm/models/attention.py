@@ -53,6 +53,8 @@ def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32,
     from bidsfm.models.brainmass import infer_valid_rois
 
     valid = infer_valid_rois(x)
+    if hasattr(model.encoder, "embed_tangent"):
+        return _integrated_gradients_tangent(model, x, valid, lin, steps, baseline)
     x0 = torch.nan_to_num(x, nan=0.0)
     if baseline is None:
         baseline = getattr(model, "reference_fc", None)
@@ -69,6 +71,38 @@ def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32,
         emb = encoder.embed(path, valid=vmask)
         out = lin.decision_torch(emb.double()).sum()
         (grad,) = torch.autograd.grad(out, path)
+        total[b] = grad.mean(dim=0) * delta
+    scores = total.sum(dim=2).detach().cpu().numpy().astype(np.float64)
+    scores[~valid.cpu().numpy()] = np.nan
+    return scores
+
+
+def _integrated_gradients_tangent(model, x, valid, lin, steps: int, baseline) -> np.ndarray:
+    """Integrated gradients of a tangent-space encoder, integrated in tangent space.
+
+    The path runs from the baseline's tangent matrix (the zero matrix for the model's own
+    reference, the default) to the run's tangent FC, so no gradient flows through the
+    eigendecompositions of the tangent map (unstable for the repeated eigenvalues of short
+    runs' FC). An ROI's score is the sum of its row's attributions; the scores sum to
+    ``head(run) - head(baseline)``.
+    """
+    import torch
+
+    encoder = model.encoder
+    xm = x.masked_fill(~valid[:, :, None] | ~valid[:, None, :], float("nan"))
+    t = encoder.tangent(xm).float()
+    if baseline is None:
+        base = torch.zeros_like(t[0])
+    else:
+        b = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=t.device)[None]
+        base = encoder.tangent(b).float()[0]
+    alphas = (torch.arange(steps, dtype=torch.float32, device=t.device) + 0.5) / steps
+    total = torch.zeros_like(t)
+    for b in range(t.shape[0]):
+        delta = t[b] - base
+        path = (base[None] + alphas[:, None, None] * delta[None]).requires_grad_(True)
+        emb = encoder.embed_tangent(path, valid[b][None].expand(steps, -1))
+        (grad,) = torch.autograd.grad(lin.decision_torch(emb.double()).sum(), path)
         total[b] = grad.mean(dim=0) * delta
     scores = total.sum(dim=2).detach().cpu().numpy().astype(np.float64)
     scores[~valid.cpu().numpy()] = np.nan

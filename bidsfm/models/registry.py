@@ -511,11 +511,16 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu"):
     from .brainmass import BrainMassConfig, BrainMassEncoder
 
     try:
-        cfg = BrainMassConfig.from_dict(card["encoder_config"])
+        enc_cfg = dict(card["encoder_config"])
+        if enc_cfg.get("kind") == "tangent":
+            from .tangentmass import TangentMassConfig, TangentMassEncoder
+
+            encoder = TangentMassEncoder(TangentMassConfig.from_dict(enc_cfg))
+        else:
+            encoder = BrainMassEncoder(BrainMassConfig.from_dict(enc_cfg))
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"card has no valid encoder_config ({exc})", path=folder / CARD
                           ) from None
-    encoder = BrainMassEncoder(cfg)
     load_encoder_state(encoder, tensors, folder / WEIGHTS)
     reference = tensors.get("reference.fc")
     model = FoundationModel(card=card, encoder=encoder, heads=heads,
