@@ -1,17 +1,23 @@
 """Atlas registry: resolve parcellations offline-first and bring them onto a run's grid.
 
-Sources, in the order :func:`resolve_atlas` tries them:
+Names are read the way users type them (case-insensitive; ``_``, ``-``, spaces and the BIDS
+``atlas-``/``desc-`` prefixes ignored), XCP-D's names included: see :func:`canonical_atlas_name`
+and :data:`NOT_PROVIDED`. Sources, in the order :func:`resolve_atlas` tries them:
 
-1. **CC200** (Craddock et al. 2012), a URL + sha256 downloaded once into the bidsfm cache
-   (``$BIDSFM_HOME/atlases``; ``bidsfm-atlas seed CC200 FILE`` fills it from a local copy).
-2. **Schaefer2018** (``Schaefer400x17``, ``Schaefer2018_100Parcels7Networks`` ...) read from a
-   pre-fetched TemplateFlow tree (``$TEMPLATEFLOW_HOME``); TemplateFlow itself is never
-   imported, so nothing here touches the network.
+1. **CC200** (Craddock et al. 2012), the default: a copy ships inside the package
+   (``bidsfm/data/atlases``, sha256-verified), so it works without network or shared data; if
+   that copy is missing, the cache (``$BIDSFM_HOME/atlases``; ``bidsfm-atlas seed CC200 FILE``)
+   and then the URL + sha256 download are tried.
+2. **Schaefer2018** (``Schaefer400`` = ``Schaefer400x17``, ``Schaefer2018_400Parcels_7Networks``,
+   XCP-D's ``Schaefer417`` ...) read from a pre-fetched TemplateFlow tree
+   (``$TEMPLATEFLOW_HOME``); TemplateFlow itself is never imported, so nothing here touches the
+   network.
 3. **A user file**: ``PATH`` or ``NAME=PATH`` to a 3D integer label NIfTI, with an optional TSV
    (``index``, ``name``) beside it.
 
 A missing atlas is an :class:`~bidsfm.errors.AtlasNotFoundError` whose one-line message names
-what to fetch and where to put it. Set ``BIDSFM_OFFLINE=1`` to skip any download attempt.
+what to fetch and where to put it (an unknown name lists the valid ones). Set
+``BIDSFM_OFFLINE=1`` to skip any download attempt.
 
 :func:`resample_labels` brings a label image onto a run's voxel grid by nearest-neighbour
 lookup in world coordinates, applying TemplateFlow's template-to-template transform (with the
@@ -59,8 +65,12 @@ URL_ATLASES: dict[str, dict[str, Any]] = {
         "n_rois": 200,
         "template": "MNI152NLin6Asym",
         "description": "Craddock 2012 CC200, 200 ROIs, FSL MNI152 (MNI152NLin6Asym), 3 mm",
+        "bundled": True,
     },
 }
+
+#: Folder of the atlases that ship inside the package (provenance in its SOURCES.md).
+BUNDLED_DIR = Path(__file__).resolve().parent / "data" / "atlases"
 
 SCHAEFER_PARCELS = tuple(range(100, 1001, 100))
 SCHAEFER_NETWORKS = (7, 17)
@@ -69,8 +79,42 @@ SCHAEFER_TEMPLATES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
 #: Resolutions tried for TemplateFlow images, before any other one.
 PREFERRED_RESOLUTIONS = ("02", "01")
 
+#: Networks used when a Schaefer name gives only the parcel count (``Schaefer400``): 17, as
+#: XCP-D's Schaefer names (``Schaefer417``) and Brain-JEPA's Schaefer-400 input use.
+SCHAEFER_DEFAULT_NETWORKS = 17
+
+# Schaefer names after normalisation (lower case, separators collapsed to "_"): the family
+# (``schaefer``, ``schaefer2018``, or nothing before ``NNNparcels``), the parcel count, then an
+# optional network count after ``x``/``_``/``parcels``.
 _SCHAEFER_RE = re.compile(
-    r"^schaefer(?:2018)?[_-]?(\d+)(?:parcels)?[_x-]?(\d+)(?:networks)?$", re.IGNORECASE
+    r"^(?:schaefer_?(?:2018_?)?)?(?P<parcels>\d+)_?(?P<unit>parcels?|rois?|p)?_?"
+    r"(?:x_?)?(?:(?P<networks>\d+)_?(?:networks?|nets?|n)?)?$"
+)
+
+#: Atlas names users type (XCP-D's included) that this version recognises but does not ship:
+#: (regex on the normalised name, description). They are a one-line error saying so; give the
+#: file as ``NAME=PATH`` instead.
+NOT_PROVIDED: tuple[tuple[str, str], ...] = (
+    (r"4s_?\d+_?parcels?", "XCP-D/AtlasPack 4S (Schaefer + 56 subcortical/cerebellar ROIs)"),
+    (r"(?:glasser|hcp_?mmp)(?:_?2016)?(?:_?360)?", "Glasser 2016 HCP-MMP1.0 360"),
+    (r"gordon(?:_?2016)?(?:_?333)?", "Gordon 2016 333"),
+    (r"tian(?:_?2020)?(?:_?subcortex)?(?:_?s[1-4])?(?:_?3t)?|subcortical",
+     "Tian 2020 subcortex (XCP-D's Tian / subcortical)"),
+    (r"hcp", "XCP-D's HCP subcortical atlas"),
+    (r"midb(?:_?precision)?", "XCP-D's MIDB precision atlas"),
+    (r"myers_?labonte", "XCP-D's Myers-Labonte atlas"),
+    (r"harvard_?oxford\w*|ho(?:_?\d+)?", "Harvard-Oxford"),
+    (r"aal\w*", "AAL"),
+    (r"power(?:_?2011)?(?:_?264)?", "Power 2011 264 spheres"),
+)
+#: Normalised names of the URL/bundled atlases.
+_URL_ALIASES = {
+    "cc200": "CC200", "cc_200": "CC200", "craddock200": "CC200", "craddock_200": "CC200",
+    "craddock2012_200": "CC200", "craddock_2012_200": "CC200",
+}
+_NOT_PROVIDED_NAMES = (
+    "4S156Parcels...4S1056Parcels, Glasser, Gordon, Tian/TianS1-S4, HCP, MIDB, MyersLabonte, "
+    "HarvardOxford, AAL, Power264"
 )
 _NAMED_PATH_RE = re.compile(r"^([^=/\\]+)=(.+)$")
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
@@ -139,9 +183,98 @@ def available_atlases() -> list[str]:
 
 def _known_names_text() -> str:
     return (
-        f"{', '.join(URL_ATLASES)}, Schaefer{{100,200,...,1000}}x{{7,17}} "
-        "(e.g. Schaefer400x17 or Schaefer2018_400Parcels17Networks)"
+        f"{', '.join(f'{k} (bundled)' if v.get('bundled') else k for k, v in URL_ATLASES.items())}"
+        ", Schaefer{100,200,...,1000}[x7|x17] from TemplateFlow (Schaefer400 = Schaefer400x17; "
+        "also Schaefer2018_400Parcels_7Networks, 400Parcels7Networks, XCP-D's Schaefer417); "
+        f"recognised but not shipped yet: {_NOT_PROVIDED_NAMES}"
     )
+
+
+def _normalise(name: str) -> str:
+    """Lower case, BIDS ``atlas-``/``desc-``/``seg-`` prefixes dropped, separators -> ``_``."""
+    text = str(name).strip().lower()
+    text = re.sub(r"(?:^|(?<=[_\-\s.]))(?:atlas|desc|seg)-", "", text)
+    return re.sub(r"[_\-\s.]+", "_", text).strip("_")
+
+
+def _parse_schaefer(norm: str) -> tuple[int, int] | None:
+    """(parcels, networks) of a normalised Schaefer name, None if it is not one.
+
+    Raises
+    ------
+    AtlasNotFoundError
+        A Schaefer name whose parcel or network count does not exist.
+    """
+    m = _SCHAEFER_RE.match(norm)
+    if m is None:
+        return None
+    if not norm.startswith("schaefer") and not (
+        (m.group("unit") or "").startswith("parcel") and m.group("networks")
+    ):
+        return None  # without the family name only TemplateFlow's NNNParcelsKNetworks
+    digits, networks = m.group("parcels"), m.group("networks")
+    if networks is None:
+        if int(digits) in SCHAEFER_PARCELS:
+            return int(digits), SCHAEFER_DEFAULT_NETWORKS
+        # XCP-D < 0.7: Schaefer117 ... Schaefer1017 = {1..10} x 100 parcels, 17 networks
+        if digits.endswith("17") and len(digits) > 2 and int(digits[:-2]) * 100 in SCHAEFER_PARCELS:
+            return int(digits[:-2]) * 100, 17
+        if digits == "2018" and m.group("unit") is None:
+            raise AtlasNotFoundError(
+                "Schaefer2018 needs a parcel count",
+                remedy="Give e.g. Schaefer400 (= Schaefer400x17) or Schaefer400x7; parcels are "
+                "100, 200, ..., 1000 and networks 7 or 17",
+            )
+    parcels, nets = int(digits), int(networks) if networks else SCHAEFER_DEFAULT_NETWORKS
+    if parcels not in SCHAEFER_PARCELS or nets not in SCHAEFER_NETWORKS:
+        raise AtlasNotFoundError(
+            f"no Schaefer2018 atlas with {parcels} parcels and {nets} networks",
+            remedy="Parcels are 100, 200, ..., 1000 and networks 7 or 17 (e.g. Schaefer400x17; "
+            f"Schaefer400 alone means {SCHAEFER_DEFAULT_NETWORKS} networks)",
+        )
+    return parcels, nets
+
+
+def canonical_atlas_name(name: str) -> str | None:
+    """Return the registry name for a name as a user types it, or None if it is not one.
+
+    Parameters
+    ----------
+    name : str
+        E.g. ``"cc200"``, ``"Schaefer400"``, ``"Schaefer2018_400Parcels_17Networks"``,
+        ``"schaefer400x7"``, ``"Schaefer417"`` (XCP-D < 0.7), ``"atlas-Schaefer2018_desc-
+        400Parcels17Networks"``. Case, ``_``/``-``/spaces and ``atlas-``/``desc-`` prefixes
+        do not matter. A Schaefer name without a network count means
+        :data:`SCHAEFER_DEFAULT_NETWORKS` (17) networks.
+
+    Returns
+    -------
+    str or None
+        ``"CC200"`` or ``"Schaefer{N}x{K}"``; None when the name is no registry atlas.
+
+    Raises
+    ------
+    AtlasNotFoundError
+        A name the registry recognises but cannot serve: a Schaefer count that does not exist,
+        or an atlas of :data:`NOT_PROVIDED` (XCP-D's 4S, Glasser, Gordon, Tian ...).
+    """
+    norm = _normalise(name)
+    if not norm:
+        return None
+    if norm in _URL_ALIASES:
+        return _URL_ALIASES[norm]
+    schaefer = _parse_schaefer(norm)
+    if schaefer is not None:
+        return f"Schaefer{schaefer[0]}x{schaefer[1]}"
+    for pattern, description in NOT_PROVIDED:
+        if re.fullmatch(pattern, norm):
+            raise AtlasNotFoundError(
+                f"atlas {name!r} ({description}) is recognised but not shipped with this "
+                "bidsfm version",
+                remedy="Give its 3D label NIfTI as NAME=PATH (an index/name TSV beside it names "
+                f"the ROIs), or use one of: {_known_names_text()}",
+            )
+    return None
 
 
 def resolve_atlas(spec: str, *, space: str | None = None) -> Atlas:
@@ -182,17 +315,29 @@ def resolve_atlas(spec: str, *, space: str | None = None) -> Atlas:
         return _resolve_user_file(Path(path).expanduser(), name=name)
     if _NIFTI_RE.search(spec) or "/" in spec or os.sep in spec:
         return _resolve_user_file(Path(spec).expanduser())
-    for key in URL_ATLASES:
-        if spec.lower() == key.lower():
-            return _resolve_url_atlas(key)
-    schaefer = _SCHAEFER_RE.match(spec)
-    if schaefer:
-        return _resolve_schaefer(int(schaefer.group(1)), int(schaefer.group(2)), space=space)
+    try:
+        canonical = canonical_atlas_name(spec)
+    except AtlasNotFoundError:
+        if Path(spec).expanduser().is_file():
+            return _resolve_user_file(Path(spec).expanduser())
+        raise
+    if canonical in URL_ATLASES:
+        return _resolve_url_atlas(canonical)
+    if canonical is not None:
+        m = re.fullmatch(r"Schaefer(\d+)x(\d+)", canonical)
+        assert m is not None
+        if canonical.lower() != spec.lower():
+            LOGGER.info("atlas %r read as %s", spec, canonical)
+        return _resolve_schaefer(int(m.group(1)), int(m.group(2)), space=space)
     if Path(spec).expanduser().is_file():
         return _resolve_user_file(Path(spec).expanduser())
+    import difflib
+
+    close = difflib.get_close_matches(spec, available_atlases(), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
     raise AtlasNotFoundError(
-        f"unknown atlas {spec!r}",
-        remedy=f"Known atlases: {_known_names_text()}; or give a path to a 3D integer label "
+        f"unknown atlas {spec!r}{hint}",
+        remedy=f"Valid names: {_known_names_text()}; or give a path to a 3D integer label "
         "NIfTI (optionally NAME=PATH, with an index/name TSV beside it)",
     )
 
@@ -291,8 +436,40 @@ def _download(url: str, dest: Path, sha256: str, timeout: float | None = None) -
         raise errors[0]
 
 
+@functools.lru_cache(maxsize=8)
+def _bundled_ok(path: str, size: int, mtime_ns: int, expected: str) -> bool:
+    return sha256_file(path) == expected
+
+
+def _bundled_path(name: str) -> Path | None:
+    """The package's own copy of a URL atlas, if it is there and has the registry's sha256.
+
+    Hashed once per process (12 kB for CC200); no stamp is written, so a read-only install or a
+    git checkout stays untouched.
+    """
+    info = URL_ATLASES[name]
+    if not info.get("bundled"):
+        return None
+    path = BUNDLED_DIR / info["filename"]
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if _bundled_ok(str(path), st.st_size, st.st_mtime_ns, info["sha256"]):
+        return path
+    _warn_once(("bundled", str(path)),
+               "%s: the bundled %s atlas has the wrong sha256 (expected %s); ignoring it and "
+               "trying the cache", path, name, info["sha256"])
+    return None
+
+
 def _resolve_url_atlas(name: str) -> Atlas:
     info = URL_ATLASES[name]
+    labels = _generated_labels(name, range(1, info["n_rois"] + 1))
+    bundled = _bundled_path(name)
+    if bundled is not None:
+        return Atlas(name=name, image=bundled, labels=labels, template=info["template"],
+                     source=info["url"], sha256=info["sha256"])
     path = _cache_path(name)
     if path.is_file():
         if not _verified(path, info["sha256"]):
@@ -312,7 +489,6 @@ def _resolve_url_atlas(name: str) -> Atlas:
             reason = str(exc).replace("\n", " ").strip() or type(exc).__name__
             raise _missing_url_atlas(name, f"download failed: {reason}") from None
         _write_stamp(path, info["sha256"])
-    labels = _generated_labels(name, range(1, info["n_rois"] + 1))
     return Atlas(
         name=name,
         image=path,
@@ -844,11 +1020,14 @@ def resample_labels(
 
 def _status(name: str) -> str:
     if name in URL_ATLASES:
+        bundled = _bundled_path(name)
+        if bundled is not None:
+            return f"bundled: {bundled}"
         path = _cache_path(name)
         if path.is_file():
             return f"cached: {path}"
         return f"not cached (downloads on first use, or `bidsfm-atlas seed {name} FILE`): {path}"
-    m = _SCHAEFER_RE.match(name)
+    m = re.fullmatch(r"Schaefer(\d+)x(\d+)", name)
     if m:
         desc = f"{m.group(1)}Parcels{m.group(2)}Networks"
         home = templateflow_home()

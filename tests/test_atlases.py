@@ -36,8 +36,11 @@ SHARED = Path(
     os.environ.get("BIDSFM_SHARED_DATA")
     or Path(__file__).resolve().parents[2] / "shared" / "data"
 )
-CC200_FILE = SHARED / "atlases" / "CC200.nii.gz"
-needs_cc200 = pytest.mark.skipif(not CC200_FILE.is_file(), reason=f"{CC200_FILE} not available")
+SHARED_CC200 = SHARED / "atlases" / "CC200.nii.gz"
+needs_shared = pytest.mark.skipif(not SHARED_CC200.is_file(),
+                                  reason=f"{SHARED_CC200} not available")
+#: The copy that ships inside the package (always there, no shared data needed).
+CC200_FILE = atlases.BUNDLED_DIR / "CC200.nii.gz"
 
 TPL_A = "MNI152NLin2009cAsym"
 TPL_B = "MNI152NLin6Asym"
@@ -57,6 +60,12 @@ def _isolated(monkeypatch, tmp_path):
         raise AssertionError("the network must not be touched in tests")
 
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+
+
+@pytest.fixture
+def no_bundle(monkeypatch, tmp_path):
+    """Hide the package's CC200 copy, to test the cache and download paths."""
+    monkeypatch.setattr(atlases, "BUNDLED_DIR", tmp_path / "no_bundle")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -120,8 +129,7 @@ def test_available_atlases():
     assert len(names) == 1 + 10 * 2
 
 
-@needs_cc200
-def test_cc200_from_seeded_cache(tmp_path, monkeypatch):
+def test_cc200_from_seeded_cache(tmp_path, monkeypatch, no_bundle):
     dest = seed_cache("CC200", CC200_FILE)
     assert dest == tmp_path / "bidsfm_home" / "atlases" / "CC200.nii.gz"
     atlas = resolve_atlas("cc200")
@@ -134,7 +142,7 @@ def test_cc200_from_seeded_cache(tmp_path, monkeypatch):
     assert atlas.labels["name"].iloc[0] == "CC200_001"
     assert atlas.labels["name"].iloc[-1] == "CC200_200"
     assert atlas.n_rois == 200
-    # the shared TSV agrees with the generated names
+    # the bundled TSV agrees with the generated names
     shared_tsv = pd.read_csv(CC200_FILE.with_suffix("").with_suffix(".tsv"), sep="\t")
     assert shared_tsv["name"].tolist() == atlas.roi_names
 
@@ -146,8 +154,7 @@ def test_cc200_from_seeded_cache(tmp_path, monkeypatch):
     assert resolve_atlas("CC200").image == dest
 
 
-@needs_cc200
-def test_cc200_corrupt_cache_is_detected(tmp_path):
+def test_cc200_corrupt_cache_is_detected(tmp_path, no_bundle):
     dest = seed_cache("CC200", CC200_FILE)
     data = bytearray(dest.read_bytes())
     data[-1] ^= 0xFF
@@ -174,7 +181,7 @@ def test_seed_wrong_sha256_fails_clearly(tmp_path):
         seed_cache("CC200", tmp_path / "missing.nii.gz")
 
 
-def test_offline_miss_is_fast_and_one_line(tmp_path):
+def test_offline_miss_is_fast_and_one_line(tmp_path, no_bundle):
     t0 = time.monotonic()
     with pytest.raises(AtlasNotFoundError) as err:
         resolve_atlas("CC200")
@@ -185,7 +192,7 @@ def test_offline_miss_is_fast_and_one_line(tmp_path):
     assert "bidsfm-atlas seed CC200" in msg
 
 
-def test_download_failure_is_one_line(tmp_path, monkeypatch):
+def test_download_failure_is_one_line(tmp_path, monkeypatch, no_bundle):
     monkeypatch.delenv("BIDSFM_OFFLINE")
     calls = []
 
@@ -203,7 +210,7 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
     assert not list((tmp_path / "bidsfm_home" / "atlases").glob("*CC200*"))
 
 
-def test_download_hang_is_bounded(tmp_path, monkeypatch):
+def test_download_hang_is_bounded(tmp_path, monkeypatch, no_bundle):
     monkeypatch.delenv("BIDSFM_OFFLINE")
     monkeypatch.setattr(atlases, "DOWNLOAD_TIMEOUT", 0.2)
 
@@ -219,8 +226,7 @@ def test_download_hang_is_bounded(tmp_path, monkeypatch):
     _one_line(err.value)
 
 
-@needs_cc200
-def test_download_once_then_cached(tmp_path, monkeypatch):
+def test_download_once_then_cached(tmp_path, monkeypatch, no_bundle):
     monkeypatch.delenv("BIDSFM_OFFLINE")
     payload = CC200_FILE.read_bytes()
     calls = []
@@ -236,7 +242,7 @@ def test_download_once_then_cached(tmp_path, monkeypatch):
     assert calls == [CC200_URL]
 
 
-def test_download_with_wrong_content_leaves_nothing(tmp_path, monkeypatch):
+def test_download_with_wrong_content_leaves_nothing(tmp_path, monkeypatch, no_bundle):
     monkeypatch.delenv("BIDSFM_OFFLINE")
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"html"))
     with pytest.raises(AtlasNotFoundError, match="sha256"):
@@ -250,6 +256,147 @@ def test_unknown_spec_lists_known_names():
         resolve_atlas("AAL116")
     msg = _one_line(err.value)
     assert "AAL116" in msg and "CC200" in msg and "Schaefer400x17" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled CC200: no shared data, no network, no cache
+# --------------------------------------------------------------------------------------------
+
+def test_bundled_cc200_without_shared_data_or_network(tmp_path, monkeypatch):
+    """A fresh clone: BIDSFM_SHARED_DATA empty, empty cache, offline -> the package's CC200."""
+    empty = tmp_path / "no_shared"
+    empty.mkdir()
+    monkeypatch.setenv("BIDSFM_SHARED_DATA", str(empty))
+    atlas = resolve_atlas("CC200", space=TPL_A)
+    assert atlas.image == CC200_FILE and CC200_FILE.is_relative_to(Path(atlases.__file__).parent)
+    assert atlas.sha256 == CC200_SHA256 == atlases.sha256_file(atlas.image)
+    assert atlas.template == "MNI152NLin6Asym" and atlas.source == CC200_URL
+    assert atlas.roi_names[0] == "CC200_001" and atlas.n_rois == 200
+    assert not (tmp_path / "bidsfm_home").exists()  # nothing written to the cache
+    assert not list(CC200_FILE.parent.glob(".*verified*"))  # nor into the package
+    runner = CliRunner()
+    res = runner.invoke(atlas_cli, ["where", "cc200"])
+    assert res.exit_code == 0 and res.output.strip() == str(CC200_FILE)
+    res = runner.invoke(atlas_cli, ["list"])
+    assert f"CC200\tbundled: {CC200_FILE}" in res.output
+
+
+def test_bundled_files_provenance():
+    """Every bundled file is listed in SOURCES.md with its sha256 and size."""
+    folder = atlases.BUNDLED_DIR
+    sources = (folder / "SOURCES.md").read_text()
+    files = sorted(p for p in folder.iterdir() if p.name != "SOURCES.md")
+    assert [p.name for p in files] == ["CC200.nii.gz", "CC200.tsv"]
+    for path in files:
+        assert f"`{path.name}`" in sources
+        assert atlases.sha256_file(path) in sources, path.name
+        assert str(path.stat().st_size) in sources, path.name
+    assert CC200_URL in sources and "Craddock" in sources
+    tsv = pd.read_csv(folder / "CC200.tsv", sep="\t")
+    assert tsv["index"].tolist() == list(range(1, 201))
+    assert tsv["name"].tolist() == [f"CC200_{i:03d}" for i in range(1, 201)]
+    assert sorted(set(np.unique(np.asarray(nb.load(CC200_FILE).dataobj))) - {0}) == list(
+        range(1, 201))
+
+
+@needs_shared
+def test_bundled_cc200_is_the_shared_file():
+    assert CC200_FILE.read_bytes() == SHARED_CC200.read_bytes()
+    assert (CC200_FILE.with_name("CC200.tsv").read_bytes()
+            == SHARED_CC200.with_name("CC200.tsv").read_bytes())
+
+
+def test_corrupt_bundled_copy_is_ignored(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "pkg_atlases"
+    folder.mkdir()
+    data = bytearray(CC200_FILE.read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "CC200.nii.gz").write_bytes(bytes(data))
+    monkeypatch.setattr(atlases, "BUNDLED_DIR", folder)
+    with caplog.at_level(logging.WARNING, logger="bidsfm.atlases"):
+        with pytest.raises(AtlasNotFoundError, match="not available offline") as err:
+            resolve_atlas("CC200")
+    _one_line(err.value)
+    assert "bundled CC200 atlas has the wrong sha256" in caplog.text
+    dest = seed_cache("CC200", CC200_FILE)  # the cache still works behind it
+    assert resolve_atlas("CC200").image == dest
+
+
+# --------------------------------------------------------------------------------------------
+# Names as users type them
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("typed, canonical", [
+    ("CC200", "CC200"), ("cc200", "CC200"), ("CC-200", "CC200"), ("Craddock200", "CC200"),
+    ("Schaefer400", "Schaefer400x17"),  # was read as 40 parcels and 0 networks
+    ("schaefer400", "Schaefer400x17"), ("SCHAEFER1000", "Schaefer1000x17"),
+    ("Schaefer400x17", "Schaefer400x17"), ("Schaefer400x7", "Schaefer400x7"),
+    ("Schaefer2018_400Parcels_17Networks", "Schaefer400x17"),
+    ("Schaefer2018_400Parcels_7Networks", "Schaefer400x7"),
+    ("Schaefer2018_400Parcels7Networks", "Schaefer400x7"),
+    ("schaefer2018-200parcels-7networks", "Schaefer200x7"),
+    ("Schaefer2018_1000Parcels", "Schaefer1000x17"),
+    ("400Parcels7Networks", "Schaefer400x7"),
+    ("atlas-Schaefer2018_desc-400Parcels17Networks", "Schaefer400x17"),
+    ("Schaefer 400 x 7", "Schaefer400x7"), ("Schaefer_400_17", "Schaefer400x17"),
+    ("Schaefer400_7N", "Schaefer400x7"),
+    # XCP-D < 0.7: Schaefer{1..10}17 = {100..1000} parcels, 17 networks
+    ("Schaefer117", "Schaefer100x17"), ("Schaefer417", "Schaefer400x17"),
+    ("Schaefer1017", "Schaefer1000x17"),
+    ("400", None), ("Foo", None), ("", None),
+])
+def test_canonical_atlas_name(typed, canonical):
+    assert atlases.canonical_atlas_name(typed) == canonical
+
+
+def test_schaefer_short_name_resolves_17_networks(tmp_path):
+    home = tmp_path / "templateflow"
+    img17 = _make_schaefer(home, TPL_A, "02", parcels=400, networks=17)
+    img7 = _make_schaefer(home, TPL_A, "02", parcels=400, networks=7)
+    for typed in ("Schaefer400", "schaefer2018_400parcels_17networks", "Schaefer417"):
+        atlas = resolve_atlas(typed)
+        assert atlas.name == "Schaefer400x17" and atlas.image == img17 and atlas.n_rois == 400
+    assert atlases.SCHAEFER_DEFAULT_NETWORKS == 17
+    assert resolve_atlas("Schaefer2018_400Parcels_7Networks").image == img7
+
+
+@pytest.mark.parametrize("typed, message", [
+    ("Schaefer450", "no Schaefer2018 atlas with 450 parcels and 17 networks"),
+    ("Schaefer400x8", "no Schaefer2018 atlas with 400 parcels and 8 networks"),
+    ("Schaefer2018", "needs a parcel count"),
+])
+def test_schaefer_impossible_counts(typed, message):
+    with pytest.raises(AtlasNotFoundError) as err:
+        resolve_atlas(typed)
+    msg = _one_line(err.value)
+    assert message in msg and "100, 200, ..., 1000" in msg
+
+
+@pytest.mark.parametrize("typed", [
+    "4S156Parcels", "4S456Parcels", "4s1056parcels", "Glasser", "Gordon", "Gordon333", "Tian",
+    "TianS3", "Tian_Subcortex_S2_3T", "subcortical", "HCP", "MIDB", "MyersLabonte",
+    "HarvardOxford", "AAL116", "Power264",
+])
+def test_known_but_not_shipped_names(typed):
+    with pytest.raises(AtlasNotFoundError) as err:
+        resolve_atlas(typed)
+    msg = _one_line(err.value)
+    assert f"atlas {typed!r}" in msg and "recognised but not shipped" in msg
+    assert "NAME=PATH" in msg and "CC200" in msg and "Schaefer" in msg
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(AtlasNotFoundError) as err:
+        resolve_atlas("Shaefer400")
+    msg = _one_line(err.value)
+    assert "unknown atlas 'Shaefer400'" in msg and "did you mean Schaefer400" in msg
+    assert "Valid names: CC200 (bundled)" in msg and "Schaefer400 = Schaefer400x17" in msg
+    assert "4S156Parcels" in msg and "Gordon" in msg  # listed as not shipped yet
+
+
+def test_not_shipped_name_as_user_file(tmp_path):
+    img = _save(tmp_path / "gordon333.nii.gz", _block_labels())
+    assert resolve_atlas(f"Gordon={img}").name == "Gordon"
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +488,6 @@ def test_user_atlas_with_tsv(tmp_path, caplog):
     assert atlas.source == str(img.resolve()) and len(atlas.sha256) == 64
 
 
-@needs_cc200
 def test_user_atlas_with_same_name_tsv():
     atlas = resolve_atlas(str(CC200_FILE))  # CC200.tsv beside it, read-only
     assert atlas.name == "CC200" and atlas.template is None
@@ -405,7 +551,6 @@ def _nilearn_nearest(image: Path, affine: np.ndarray, shape) -> np.ndarray:
     return np.asarray(out.dataobj).astype(np.int32)
 
 
-@needs_cc200
 @pytest.mark.parametrize("affine, shape", [(MNI4MM, (49, 58, 49)), (MNI2MM, (97, 115, 97))])
 def test_resample_cc200_matches_nilearn(affine, shape):
     seed_cache("CC200", CC200_FILE)
@@ -418,7 +563,6 @@ def test_resample_cc200_matches_nilearn(affine, shape):
                     "Method": "nearest-neighbour-resampling"}
 
 
-@needs_cc200
 def test_resample_identical_grid_is_exact():
     seed_cache("CC200", CC200_FILE)
     atlas = resolve_atlas("CC200")
@@ -559,7 +703,7 @@ def test_resample_applies_template_transform(tmp_path):
 # CLI
 # --------------------------------------------------------------------------------------------
 
-def test_cli_list_and_errors(tmp_path):
+def test_cli_list_and_errors(tmp_path, no_bundle):
     runner = CliRunner()
     res = runner.invoke(atlas_cli, ["list"])
     assert res.exit_code == 0
@@ -578,8 +722,7 @@ def test_cli_list_and_errors(tmp_path):
     assert res.exit_code == 1 and "sha256 mismatch" in res.output
 
 
-@needs_cc200
-def test_cli_seed_and_where(tmp_path):
+def test_cli_seed_and_where(tmp_path, no_bundle):
     runner = CliRunner()
     res = runner.invoke(atlas_cli, ["seed", "CC200", str(CC200_FILE)])
     assert res.exit_code == 0, res.output
