@@ -333,7 +333,8 @@ def resolve_atlas(spec: str, *, space: str | None = None) -> Atlas:
         return _resolve_user_file(Path(spec).expanduser())
     import difflib
 
-    close = difflib.get_close_matches(spec, available_atlases(), n=1, cutoff=0.6)
+    candidates = [*URL_ATLASES, *(f"Schaefer{n}" for n in SCHAEFER_PARCELS), *available_atlases()]
+    close = difflib.get_close_matches(spec, candidates, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise AtlasNotFoundError(
         f"unknown atlas {spec!r}{hint}",

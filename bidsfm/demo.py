@@ -10,8 +10,10 @@ Signal model (per voxel, per volume)::
     x = baseline * (1 + non-steady-state + drift + ROI signal + global signal
                       + motion artefacts) + white noise
 
-ROI signals are drawn from a multivariate normal with a realistic ROI covariance (the mean ABIDE
-CC200 FC when the shared data directory is present, else a procedural network covariance) and
+ROI signals are drawn from a multivariate normal with a realistic ROI covariance (the mean
+Pearson FC of 100 ABIDE participants on CC200, shipped with the package as
+``bidsfm/data/demo/cc200_abide_mean_fc.npy`` beside the bundled CC200 atlas, so no shared data
+or network is needed; or, on request, a procedural parcellation and network covariance) and
 smoothed in time (AR(1) with a time constant in seconds, so the spectrum does not depend on TR).
 Everything the generator used to build a run that a real dataset would not have (the ROI label
 image on the run grid and the target ROI correlation matrix) is written under
@@ -40,13 +42,16 @@ from bidsfm.utils import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = [
     "SIZES",
+    "BUNDLED_TARGET_FC",
     "abide_target_corr",
     "build_anatomy",
+    "bundled_target_corr",
     "cosine_basis",
     "grid_for_voxel_size",
     "main",
     "make_fmriprep_dataset",
     "resolve_shared_data",
+    "write_bundled_target_corr",
 ]
 
 #: Field of view (mm) and origin (mm, centre of voxel 0,0,0) of TemplateFlow's
@@ -55,6 +60,12 @@ FOV_MM = (194.0, 230.0, 194.0)
 ORIGIN_MM = (-96.0, -132.0, -78.0)
 FMRIPREP_VERSION = "24.1.1"
 DEMO_DIR = Path("sourcedata") / "bidsfm-demo"
+#: Upper triangle (``np.triu_indices(200, 1)`` order, float16) of the mean CC200 Pearson FC of
+#: 100 ABIDE participants (:func:`abide_target_corr`); regenerate with
+#: :func:`write_bundled_target_corr`. Provenance: ``bidsfm/data/demo/SOURCES.md``.
+BUNDLED_TARGET_FC = Path(__file__).resolve().parent / "data" / "demo" / "cc200_abide_mean_fc.npy"
+#: Parcellations the generator can plant signals in.
+DEMO_ATLASES = ("CC200", "procedural")
 
 # Relative baseline intensity and noise (fraction of baseline) per tissue class.
 _TISSUE_BASE = {"gm": 1.0, "wm": 0.85, "csf": 1.3, "scalp": 0.35}
@@ -186,11 +197,14 @@ def _world_coords(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
 def resolve_shared_data(shared_data: str | Path | None = None) -> Path | None:
     """Locate the shared data directory (argument, ``$BIDSFM_SHARED_DATA``, or ../shared/data).
 
+    The generator does not need it (the atlas and the target FC ship with the package); it is
+    used to recompute the target FC from the ABIDE series (:func:`abide_target_corr`) and by
+    tests and benchmarks.
+
     Parameters
     ----------
     shared_data : str or Path, optional
-        Explicit directory. When given, it is used if it exists and never replaced by a default
-        (so a non-existent path selects the procedural fallback).
+        Explicit directory. When given, it is used if it exists and never replaced by a default.
 
     Returns
     -------
@@ -256,16 +270,30 @@ class Anatomy:
     atlas: str  # "CC200" or "procedural"
 
 
+def _cc200_file(shared_dir: str | None) -> Path:
+    """The CC200 image: the package's verified copy, else the shared data's, else an error."""
+    from bidsfm.atlases import _bundled_path
+
+    bundled = _bundled_path("CC200")
+    if bundled is not None:
+        return bundled
+    if shared_dir is not None and (Path(shared_dir) / "atlases" / "CC200.nii.gz").is_file():
+        return Path(shared_dir) / "atlases" / "CC200.nii.gz"
+    raise FileNotFoundError(
+        "the bundled CC200 atlas (bidsfm/data/atlases/CC200.nii.gz) is missing or corrupt: "
+        "reinstall bidsfm, or use --atlas procedural")
+
+
 @functools.lru_cache(maxsize=4)
-def _cc200_reference(shared_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+def _cc200_reference(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Load CC200 and derive a brain mask on its own 3 mm grid (cached)."""
     import nibabel as nib
 
-    img = nib.load(Path(shared_dir) / "atlases" / "CC200.nii.gz")
+    img = nib.load(path)
     lab = np.asarray(img.dataobj).astype(np.int16)
     brain = _fill_interior(lab > 0, radius=4)
     names: tuple[str, ...] = tuple(f"CC200_{i:03d}" for i in range(1, int(lab.max()) + 1))
-    tsv = Path(shared_dir) / "atlases" / "CC200.tsv"
+    tsv = Path(path).with_name("CC200.tsv")
     if tsv.is_file():
         with open(tsv, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
@@ -320,6 +348,54 @@ def abide_target_corr(shared_dir: str, n_participants: int = 100) -> np.ndarray:
     return corr
 
 
+@functools.lru_cache(maxsize=1)
+def bundled_target_corr() -> np.ndarray:
+    """The mean ABIDE CC200 FC shipped with the package (no shared data needed).
+
+    Returns
+    -------
+    numpy.ndarray
+        (200, 200) positive-definite correlation matrix (read-only); equal to
+        ``abide_target_corr(shared_dir)`` within float16 rounding (< 3e-4).
+    """
+    upper = np.load(BUNDLED_TARGET_FC, allow_pickle=False).astype(np.float64)
+    n = int(round((1 + math.sqrt(1 + 8 * upper.size)) / 2))
+    if n * (n - 1) // 2 != upper.size:
+        raise ValueError(f"{BUNDLED_TARGET_FC}: {upper.size} values are no upper triangle")
+    corr = np.eye(n)
+    iu = np.triu_indices(n, 1)
+    corr[iu] = upper
+    corr.T[iu] = upper
+    corr = _nearest_pd_corr(corr)
+    corr.setflags(write=False)
+    return corr
+
+
+def write_bundled_target_corr(shared_dir: str | Path, path: str | Path = BUNDLED_TARGET_FC
+                              ) -> Path:
+    """Recompute the bundled target FC from the ABIDE series (maintainers only).
+
+    Parameters
+    ----------
+    shared_dir : str or Path
+        Shared data directory holding ``abide/cc200_timeseries.npz`` and ``participants.tsv``.
+    path : str or Path
+        Where to write the ``.npy`` (default: the package's copy).
+
+    Returns
+    -------
+    Path
+        The file written (upper triangle, float16, about 40 kB).
+    """
+    corr = abide_target_corr(str(shared_dir))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, corr[np.triu_indices(corr.shape[0], 1)].astype(np.float16),
+                    allow_pickle=False)
+    return path
+
+
 def _procedural_labels(coords: np.ndarray, seed: int, n_parcels: int = 100
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ellipsoidal brain with a grey-matter shell split into parcels by nearest seed point.
@@ -369,7 +445,8 @@ def _procedural_corr(network: np.ndarray, seed: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def build_anatomy(voxel_size: float, shared_dir: str | None, seed: int = 0) -> Anatomy:
+def build_anatomy(voxel_size: float, shared_dir: str | None = None, seed: int = 0,
+                  atlas: str = "CC200") -> Anatomy:
     """Label image, tissue classes and target ROI correlation for a grid (cached).
 
     Parameters
@@ -377,9 +454,14 @@ def build_anatomy(voxel_size: float, shared_dir: str | None, seed: int = 0) -> A
     voxel_size : float
         Isotropic voxel size (mm) of the MNI152NLin2009cAsym-like grid.
     shared_dir : str or None
-        Shared data directory (CC200 + ABIDE), or None for the procedural parcellation.
+        Shared data directory: when it holds the ABIDE series, the CC200 target FC is
+        recomputed from them (:func:`abide_target_corr`) instead of read from the package's
+        copy (:func:`bundled_target_corr`). Not needed.
     seed : int
-        Seed of the procedural parcellation (unused with shared data).
+        Seed of the procedural parcellation (unused with CC200).
+    atlas : {"CC200", "procedural"}
+        CC200 (the package's copy) with the mean ABIDE FC, or a procedural parcellation of an
+        ellipsoidal brain with a procedural network covariance.
 
     Returns
     -------
@@ -390,12 +472,18 @@ def build_anatomy(voxel_size: float, shared_dir: str | None, seed: int = 0) -> A
 
     shape, affine = grid_for_voxel_size(voxel_size)
     coords = _world_coords(shape, affine)
-    if shared_dir is not None:
-        ref_lab, ref_brain, ref_aff, names = _cc200_reference(shared_dir)
+    if atlas not in DEMO_ATLASES:
+        raise ValueError(f"atlas must be one of {DEMO_ATLASES}, not {atlas!r}")
+    if atlas == "CC200":
+        ref_lab, ref_brain, ref_aff, names = _cc200_reference(str(_cc200_file(shared_dir)))
         labels = _resample_nearest(ref_lab, ref_aff, shape, affine)
         brain = _resample_nearest(ref_brain.astype(np.uint8), ref_aff, shape, affine) > 0
-        corr = abide_target_corr(shared_dir)
-        atlas = "CC200"
+        abide = None if shared_dir is None else Path(shared_dir) / "abide"
+        if abide is not None and (abide / "cc200_timeseries.npz").is_file() and (
+                abide / "participants.tsv").is_file():
+            corr = abide_target_corr(str(shared_dir))
+        else:
+            corr = bundled_target_corr()
     else:
         labels, brain, network = _procedural_labels(coords, seed)
         corr = _procedural_corr(network, seed)
@@ -935,7 +1023,7 @@ def _tsv_matrix(names: Sequence[str], mat: np.ndarray) -> str:
 
 def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
                           n_subjects: int | None = None, seed: int = 0,
-                          shared_data: str | Path | None = None,
+                          shared_data: str | Path | None = None, atlas: str = "CC200",
                           space: str = "MNI152NLin2009cAsym", dtype: str = "float32",
                           compress: bool = True, n_volumes: int | None = None) -> dict:
     """Write a synthetic fMRIPrep derivatives dataset and return its manifest.
@@ -954,9 +1042,13 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
     seed : int
         Seed; the same seed gives byte-identical files.
     shared_data : str or Path, optional
-        Shared data directory with ``atlases/CC200.nii.gz`` and ``abide/`` (default:
-        ``$BIDSFM_SHARED_DATA``, else ``../shared/data`` beside the project). A path that does
-        not exist selects the procedural parcellation and network covariance.
+        Not needed: the CC200 atlas and the mean ABIDE FC ship with the package. Given a
+        directory with ``abide/cc200_timeseries.npz`` and ``abide/participants.tsv``, the target
+        FC is recomputed from those series (equal to the bundled one within float16 rounding);
+        a path without them is ignored.
+    atlas : {"CC200", "procedural"}
+        Parcellation the signals are planted in: CC200 (default) or a procedural one (about 100
+        parcels of an ellipsoidal brain with a procedural network covariance).
     space : str
         Value of the ``space-`` entity.
     dtype : {"float32", "int16"}
@@ -971,6 +1063,8 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
     -------
     dict
         Manifest: ``root``, ``size``, ``seed``, ``atlas`` ("CC200" or "procedural"),
+        ``shared_data`` (the directory the target FC was recomputed from, else None),
+        ``target_fc_source`` ("bundled", "abide" or "procedural"),
         ``roi_names``, ``target_fc`` (TSV of the target ROI correlation), ``voxel_size``,
         ``participants`` and ``runs``, a list of dicts with ``subject``, ``session``, ``task``,
         ``run`` (int or None), ``bold``, ``mask``, ``confounds``, ``confounds_json``,
@@ -990,9 +1084,18 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
         raise ValueError(f"n_volumes must be at least 30, not {n_volumes}")
     root = Path(out_dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
-    shared_dir = resolve_shared_data(shared_data)
+    if atlas not in DEMO_ATLASES:
+        raise ValueError(f"atlas must be one of {DEMO_ATLASES}, not {atlas!r}")
+    shared_dir = None
+    if shared_data is not None and atlas == "CC200":
+        cand = Path(shared_data)
+        if (cand / "abide" / "cc200_timeseries.npz").is_file() and (
+                cand / "abide" / "participants.tsv").is_file():
+            shared_dir = cand.resolve()
     anat = build_anatomy(preset.voxel_size, None if shared_dir is None else str(shared_dir),
-                         seed)
+                         seed, atlas)
+    fc_source = ("procedural" if atlas == "procedural"
+                 else "bundled" if shared_dir is None else "abide")
     subjects = _subject_specs(size, n_sub, seed,
                               None if n_volumes is None else int(n_volumes))
     space_code = 4 if space.upper().startswith("MNI") else 2
@@ -1061,6 +1164,7 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
         "root": str(root), "size": size, "seed": seed, "space": space,
         "voxel_size": preset.voxel_size, "shape": list(anat.shape), "dtype": dtype,
         "atlas": anat.atlas, "shared_data": None if shared_dir is None else str(shared_dir),
+        "target_fc_source": fc_source,
         "labels": str(labels_path), "target_fc": str(target_path),
         "roi_names": list(anat.roi_names),
         "participants": [{"participant_id": f"sub-{s.label}", "site": s.site,
@@ -1088,17 +1192,20 @@ def _build_cli() -> Any:
     @click.option("--n-subjects", type=click.IntRange(min=1), default=None,
                   help="Number of participants (default: the preset's).")
     @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--atlas", "atlas", type=click.Choice(DEMO_ATLASES), default="CC200",
+                  show_default=True,
+                  help="Parcellation the signals are planted in (CC200 ships with bidsfm).")
     @click.option("--shared-data", type=click.Path(), default=None,
-                  help="Shared data dir with atlases/CC200.nii.gz and abide/ "
-                       "(default: $BIDSFM_SHARED_DATA or ../shared/data).")
+                  help="Optional: recompute the target FC from DIR/abide (ABIDE CC200 series) "
+                       "instead of using the copy shipped with bidsfm.")
     @click.option("--dtype", type=click.Choice(["float32", "int16"]), default="float32",
                   show_default=True)
     @click.option("--no-compress", is_flag=True, help="Write .nii instead of .nii.gz.")
-    def cli(out_dir: str, size: str, n_subjects: int | None, seed: int,
+    def cli(out_dir: str, size: str, n_subjects: int | None, seed: int, atlas: str,
             shared_data: str | None, dtype: str, no_compress: bool) -> None:
         t0 = time.perf_counter()
         man = make_fmriprep_dataset(out_dir, size=size, n_subjects=n_subjects, seed=seed,
-                                    shared_data=shared_data, dtype=dtype,
+                                    shared_data=shared_data, atlas=atlas, dtype=dtype,
                                     compress=not no_compress)
         took = time.perf_counter() - t0
         n_sub = len(man["participants"])

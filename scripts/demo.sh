@@ -4,17 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# Everything the demo needs ships with bidsfm (the CC200 atlas and the ABIDE mean FC used to
+# synthesise realistic signals, under bidsfm/data/): no ../shared/data and no network needed.
 export NIPYPE_NO_ET=1
-SHARED=${BIDSFM_SHARED_DATA:-$(cd .. && pwd)/shared/data}
+export BIDSFM_OFFLINE=${BIDSFM_OFFLINE:-1}  # nothing the demo uses is downloaded
 DEMO=${BIDSFM_DEMO_DIR:-$PWD/demo}
 export BIDSFM_HOME=${BIDSFM_HOME:-$DEMO/bidsfm_home}
 mkdir -p "$DEMO"
-if [ -f "$SHARED/atlases/CC200.nii.gz" ]; then
-  # seed the atlas cache from the local copy (verified against the registry's sha256)
-  .venv/bin/bidsfm-atlas seed CC200 "$SHARED/atlases/CC200.nii.gz"
-fi
 echo "== Generating the demo fMRIPrep dataset in $DEMO/fmriprep"
-.venv/bin/bidsfm-demo "$DEMO/fmriprep" --size small --n-subjects 6 --shared-data "$SHARED"
+.venv/bin/bidsfm-demo "$DEMO/fmriprep" --size small --n-subjects 6
 echo "== Running bidsfm (participant level)"
 set +e
 .venv/bin/bidsfm "$DEMO/fmriprep" "$DEMO/bidsfm" participant -w "$DEMO/work" --nprocs 2

@@ -389,7 +389,7 @@ def test_unknown_name_lists_valid_names():
     with pytest.raises(AtlasNotFoundError) as err:
         resolve_atlas("Shaefer400")
     msg = _one_line(err.value)
-    assert "unknown atlas 'Shaefer400'" in msg and "did you mean Schaefer400" in msg
+    assert "unknown atlas 'Shaefer400'" in msg and "did you mean Schaefer400?" in msg
     assert "Valid names: CC200 (bundled)" in msg and "Schaefer400 = Schaefer400x17" in msg
     assert "4S156Parcels" in msg and "Gordon" in msg  # listed as not shipped yet
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 from bidsfm import demo  # noqa: E402
+from bidsfm.atlases import CC200_SHA256  # noqa: E402
 
 SPACE = "MNI152NLin2009cAsym"
 HAVE_SHARED = demo.resolve_shared_data() is not None
@@ -22,15 +26,15 @@ HAVE_SHARED = demo.resolve_shared_data() is not None
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    """The tiny preset with the default shared data (CC200 + ABIDE when available)."""
+    """The tiny preset with its defaults (the bundled CC200 and ABIDE mean FC)."""
     return demo.make_fmriprep_dataset(tmp_path_factory.mktemp("tiny") / "fmriprep", size="tiny")
 
 
 @pytest.fixture(scope="module")
 def fallback(tmp_path_factory) -> dict:
-    """The tiny preset without shared data (procedural parcellation), two subjects."""
+    """The tiny preset with the procedural parcellation, two subjects."""
     return demo.make_fmriprep_dataset(tmp_path_factory.mktemp("proc") / "fmriprep", size="tiny",
-                                      n_subjects=2, shared_data="/nonexistent/shared/data")
+                                      n_subjects=2, atlas="procedural")
 
 
 def _run(man: dict, subject: str, session: str | None, task: str, run: int | None) -> dict:
@@ -316,9 +320,9 @@ def test_fc_follows_target(tiny):
     assert clean > 0.3 and clean > raw + 0.1
 
 
-@pytest.mark.skipif(not HAVE_SHARED, reason="shared data (CC200 + ABIDE) not available")
-def test_shared_data_uses_cc200(tiny):
+def test_default_uses_bundled_cc200(tiny):
     assert tiny["atlas"] == "CC200"
+    assert tiny["target_fc_source"] == "bundled" and tiny["shared_data"] is None
     assert len(tiny["roi_names"]) == 200
     lab = np.asarray(nib.load(tiny["labels"]).dataobj)
     assert set(np.unique(lab)) == set(range(201))
@@ -328,9 +332,9 @@ def test_shared_data_uses_cc200(tiny):
     assert np.linalg.eigvalsh(target).min() > 0
 
 
-def test_fallback_without_shared_data(fallback):
+def test_procedural_atlas(fallback):
     assert fallback["atlas"] == "procedural"
-    assert fallback["shared_data"] is None
+    assert fallback["shared_data"] is None and fallback["target_fc_source"] == "procedural"
     n_roi = len(fallback["roi_names"])
     assert 80 <= n_roi <= 120
     lab = np.asarray(nib.load(fallback["labels"]).dataobj)
@@ -338,6 +342,95 @@ def test_fallback_without_shared_data(fallback):
     assert len(fallback["participants"]) == 2
     r = _run(fallback, "01", "1", "rest", 1)
     assert _fc_vs_target(fallback, r, "simple") > 0.3
+
+
+# ------------------------------------------------------------------------------------------
+# what ships with the package: no shared data, no network
+# ------------------------------------------------------------------------------------------
+
+_FRESH_CLONE_SCRIPT = r"""
+import json, os, socket, sys
+attempts = []
+def _refuse(*args, **kwargs):
+    attempts.append(repr(args[:2]))
+    raise OSError("network disabled in this test")
+socket.socket.connect = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+import bidsfm
+from bidsfm.atlases import resolve_atlas
+from bidsfm.demo import main
+atlas = resolve_atlas("CC200", space="MNI152NLin2009cAsym")
+main([sys.argv[1], "--size", "tiny", "--n-subjects", "1"])
+print(json.dumps({"package": bidsfm.__file__, "atlas_image": str(atlas.image),
+                  "atlas_sha256": atlas.sha256, "attempts": attempts}))
+"""
+
+
+def test_fresh_clone_without_shared_data_or_network(tmp_path):
+    """The package alone (copied where no ../shared exists), BIDSFM_SHARED_DATA an empty folder,
+    an empty cache and every socket refused: atlas resolution and the generator still work and
+    plant the ABIDE-derived FC in CC200."""
+    clone = tmp_path / "clone"
+    src = Path(demo.__file__).resolve().parent
+    shutil.copytree(src, clone / "bidsfm", ignore=shutil.ignore_patterns(
+        "__pycache__", "models", "archive"))  # the demo needs neither the models nor archive
+    assert not (tmp_path / "shared").exists()
+    empty = tmp_path / "empty_shared"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BIDSFM_OFFLINE", "BIDSFM_SHARED_DATA", "BIDSFM_HOME", "PYTHONPATH")}
+    env.update(PYTHONPATH=str(clone), BIDSFM_SHARED_DATA=str(empty),
+               BIDSFM_HOME=str(tmp_path / "home"), TEMPLATEFLOW_HOME=str(tmp_path / "tf"),
+               NIPYPE_NO_ET="1")
+    out = tmp_path / "ds"
+    proc = subprocess.run([sys.executable, "-c", _FRESH_CLONE_SCRIPT, str(out)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(info["package"]).is_relative_to(clone)  # the copy, not the checkout
+    assert Path(info["atlas_image"]) == clone / "bidsfm" / "data" / "atlases" / "CC200.nii.gz"
+    assert info["atlas_sha256"] == CC200_SHA256
+    assert info["attempts"] == []  # nothing even tried the network
+    assert "atlas CC200" in proc.stdout
+    assert not (tmp_path / "home").exists()  # no cache was needed
+    man = json.loads((out / "sourcedata" / "bidsfm-demo" / "manifest.json").read_text())
+    assert man["atlas"] == "CC200" and man["target_fc_source"] == "bundled"
+    assert len(man["roi_names"]) == 200 and man["shared_data"] is None
+    target = np.loadtxt(man["target_fc"], skiprows=1, delimiter="\t")
+    np.testing.assert_allclose(target, demo.bundled_target_corr(), atol=2e-6)
+    r = _run(man, "01", "1", "rest", 1)
+    assert _fc_vs_target(man, r, "simple") > 0.3
+
+
+def test_bundled_target_fc_provenance():
+    from bidsfm.utils import sha256_file
+
+    path = demo.BUNDLED_TARGET_FC
+    sources = (path.parent / "SOURCES.md").read_text()
+    assert f"`{path.name}`" in sources and sha256_file(path) in sources
+    assert str(path.stat().st_size) in sources and path.stat().st_size < 50_000
+    raw = np.load(path, allow_pickle=False)
+    assert raw.dtype == np.float16 and raw.shape == (200 * 199 // 2,)
+    corr = demo.bundled_target_corr()
+    assert corr.shape == (200, 200) and not corr.flags.writeable
+    np.testing.assert_allclose(np.diag(corr), 1.0)
+    np.testing.assert_allclose(corr, corr.T)
+    assert np.linalg.eigvalsh(corr).min() > 0.05 - 1e-9
+
+
+@pytest.mark.skipif(not HAVE_SHARED, reason="shared data (CC200 + ABIDE) not available")
+def test_bundled_target_fc_equals_abide(tmp_path):
+    """The shipped file is what the ABIDE series give, byte for byte when rewritten."""
+    shared = demo.resolve_shared_data()
+    np.testing.assert_allclose(demo.bundled_target_corr(), demo.abide_target_corr(str(shared)),
+                               atol=3e-4)
+    again = demo.write_bundled_target_corr(shared, tmp_path / "fc.npy")
+    assert again.read_bytes() == demo.BUNDLED_TARGET_FC.read_bytes()
+    man = demo.make_fmriprep_dataset(tmp_path / "ds", n_subjects=1, shared_data=shared)
+    assert man["target_fc_source"] == "abide" and man["shared_data"] == str(shared.resolve())
+    target = np.loadtxt(man["target_fc"], skiprows=1, delimiter="\t")
+    np.testing.assert_allclose(target, demo.abide_target_corr(str(shared)), atol=2e-6)
 
 
 # ------------------------------------------------------------------------------------------
@@ -351,7 +444,7 @@ def _all_files(root: Path) -> dict[str, bytes]:
 
 
 def test_deterministic(tmp_path):
-    kw = {"size": "tiny", "n_subjects": 1, "seed": 3, "shared_data": tmp_path / "none"}
+    kw = {"size": "tiny", "n_subjects": 1, "seed": 3, "atlas": "procedural"}
     a = demo.make_fmriprep_dataset(tmp_path / "a", **kw)
     b = demo.make_fmriprep_dataset(tmp_path / "b", **kw)
     fa, fb = _all_files(Path(a["root"])), _all_files(Path(b["root"]))
@@ -365,7 +458,7 @@ def test_deterministic(tmp_path):
 
 def test_int16_uncompressed(tmp_path):
     man = demo.make_fmriprep_dataset(tmp_path / "ds", n_subjects=1, dtype="int16",
-                                     compress=False, shared_data=tmp_path / "none")
+                                     compress=False, atlas="procedural")
     r = man["runs"][0]
     assert r["bold"].endswith("_desc-preproc_bold.nii") and r["mask"].endswith("_mask.nii")
     img = nib.load(r["bold"])
@@ -387,12 +480,14 @@ def test_bad_arguments(tmp_path):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
-    demo.main([str(out), "--n-subjects", "1", "--seed", "1", "--shared-data",
-               str(tmp_path / "none"), "--no-compress"])
+    demo.main([str(out), "--n-subjects", "1", "--seed", "1", "--atlas", "procedural",
+               "--shared-data", str(tmp_path / "none"), "--no-compress"])
     text = capsys.readouterr().out
-    assert str(out) in text and "3 runs" in text
+    assert str(out) in text and "3 runs" in text and "atlas procedural" in text
     assert (out / "dataset_description.json").is_file()
     assert list(out.rglob("*_desc-preproc_bold.nii"))
     with pytest.raises(SystemExit) as exc:
         demo.main([str(out), "--size", "huge"])
     assert exc.value.code != 0
+    with pytest.raises(ValueError, match="atlas must be one of"):
+        demo.make_fmriprep_dataset(tmp_path / "x", atlas="Schaefer400")
