@@ -129,7 +129,8 @@ class Atlas:
     Attributes
     ----------
     name : str
-        BIDS-safe (alphanumeric) label used in the ``seg-`` entity, e.g. ``"CC200"``.
+        BIDS-safe (alphanumeric) registry name used in output names and sidecars, e.g.
+        ``"CC200"`` or ``"Schaefer400x17"``.
     image : Path
         3D integer label NIfTI.
     labels : pandas.DataFrame
@@ -275,6 +276,32 @@ def canonical_atlas_name(name: str) -> str | None:
                 f"the ROIs), or use one of: {_known_names_text()}",
             )
     return None
+
+
+def normalise_atlas_spec(spec: str) -> str:
+    """Return the registry name for a registry spelling, any other spec unchanged.
+
+    For de-duplicating ``--atlas`` values: ``cc200``, ``Schaefer400`` and
+    ``Schaefer2018_400Parcels_17Networks`` become ``CC200``, ``Schaefer400x17`` and
+    ``Schaefer400x17``; paths, ``NAME=PATH`` and unknown or not-shipped names are returned
+    as given (resolving them reports the problem). Never raises.
+
+    Parameters
+    ----------
+    spec : str
+        An ``--atlas`` value.
+
+    Returns
+    -------
+    str
+    """
+    text = str(spec).strip()
+    if "=" in text or "/" in text or os.sep in text or _NIFTI_RE.search(text):
+        return text
+    try:
+        return canonical_atlas_name(text) or text
+    except AtlasNotFoundError:
+        return text
 
 
 def resolve_atlas(spec: str, *, space: str | None = None) -> Atlas:

@@ -349,6 +349,14 @@ def test_canonical_atlas_name(typed, canonical):
     assert atlases.canonical_atlas_name(typed) == canonical
 
 
+def test_normalise_atlas_spec_for_deduplication(tmp_path):
+    specs = ["cc200", "CC200", "Schaefer400", "Schaefer2018_400Parcels_17Networks",
+             "schaefer400x7", "Gordon", "Nope", f"Mine={tmp_path}/a.nii.gz", "x/CC200.nii.gz"]
+    assert [atlases.normalise_atlas_spec(s) for s in specs] == [
+        "CC200", "CC200", "Schaefer400x17", "Schaefer400x17", "Schaefer400x7", "Gordon", "Nope",
+        f"Mine={tmp_path}/a.nii.gz", "x/CC200.nii.gz"]
+
+
 def test_schaefer_short_name_resolves_17_networks(tmp_path):
     home = tmp_path / "templateflow"
     img17 = _make_schaefer(home, TPL_A, "02", parcels=400, networks=17)
