@@ -162,12 +162,29 @@ def test_atlas_not_available_offline(tmp_path, tiny_ds, capsys):
 
 
 def test_no_atlas_at_all(tmp_path, tiny_ds, capsys, monkeypatch):
+    from bidsfm import atlases
+
     monkeypatch.setenv("BIDSFM_HOME", str(tmp_path / "empty_home"))
+    # a damaged install: without the CC200 copy that ships with bidsfm
+    monkeypatch.setattr(atlases, "BUNDLED_DIR", tmp_path / "no_bundled_atlases")
     code, log = run_cli([tiny_ds["root"], tmp_path / "out", "participant",
                          "--participant-label", "03", "-w", tmp_path / "w"], capsys)
     assert code == 2
     line = next(ln for ln in log.splitlines() if "CC200" in ln and "offline" in ln)
     assert "bidsfm-atlas seed CC200" in line
+
+
+def test_default_atlas_ships_with_bidsfm(tmp_path, tiny_ds, capsys, monkeypatch):
+    """No cache, no shared data, offline: the default CC200 comes from the package."""
+    monkeypatch.setenv("BIDSFM_HOME", str(tmp_path / "empty_home"))
+    monkeypatch.setenv("BIDSFM_SHARED_DATA", str(tmp_path / "no_shared"))
+    monkeypatch.setenv("BIDSFM_OFFLINE", "1")
+    code, log = run_cli([tiny_ds["root"], tmp_path / "out", "participant",
+                         "--participant-label", "03", "--atlas", "cc200", "-w", tmp_path / "w",
+                         "--min-time", "0", "--model", "none"], capsys)
+    assert code == 0, log
+    assert len(list((tmp_path / "out").rglob("*CC200*_timeseries.tsv"))) == 2
+    assert not (tmp_path / "empty_home" / "atlases").exists()
 
 
 def test_raw_bids_with_derivatives(tmp_path, tiny_ds, capsys):
