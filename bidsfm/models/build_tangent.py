@@ -103,6 +103,19 @@ def fit_readout(encoder, fc: np.ndarray) -> None:
     encoder.set_readout(fit_readout_basis(refined[valid], encoder.config.readout_dim))
 
 
+def reference_correlation(encoder) -> np.ndarray:
+    """The FC matrix whose tangent map is the zero matrix: ``(M - s I) / (1 - s)``.
+
+    Stored as ``reference.fc`` (the attribution baseline and "typical participant" of the
+    model), so that encoding it gives exactly the reference the integrated gradients start from.
+    """
+    from .tangent import sym_apply
+
+    s = float(encoder.config.shrinkage)
+    m = sym_apply(encoder.whiten.double().numpy(), lambda v: v ** -2.0)
+    return ((m - s * np.eye(len(m))) / (1.0 - s)).astype(np.float32)
+
+
 def tangent_card(name: str, version: str, model_cfg, pretrain_cfg, logs, seconds: float,
                  pheno: pd.DataFrame, views, emb_size: int, validation: dict[str, Any]
                  ) -> dict[str, Any]:
@@ -207,5 +220,5 @@ def build_tangent_fc_model(out_dir: str | Path, *, shared_data: str | Path | Non
     heads = fit_bundled_heads(emb, pheno, validation)
     card = tangent_card(name, version, model_cfg, pretrain_cfg, logs, seconds, pheno, views,
                         emb.shape[1], validation)
-    save_model(out_dir, card, encoder, heads, reference_fc=encoder.fill.numpy())
+    save_model(out_dir, card, encoder, heads, reference_fc=reference_correlation(encoder))
     return json.loads((Path(out_dir) / "card.json").read_text())
