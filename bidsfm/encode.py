@@ -63,6 +63,45 @@ def _read_fc(path: Path, roi_names: list[str]) -> np.ndarray:
     return frame.to_numpy(dtype=np.float32)
 
 
+#: share of the model's ROIs that must carry signal when the card states none
+DEFAULT_MIN_VALID_ROI_FRACTION = 0.25
+
+
+def usable_roi_fraction(fc: np.ndarray) -> float:
+    """Share of ROIs with at least one finite, non-zero correlation to another ROI.
+
+    ROIs outside the field of view, ``n/a`` (low coverage) or with a constant signal have no such
+    correlation; a run with constant BOLD or a mask that covers no ROI has none at all.
+    """
+    fc = np.asarray(fc, dtype=np.float64)
+    off = ~np.eye(fc.shape[0], dtype=bool)
+    informative = np.isfinite(fc) & (fc != 0) & off
+    return float(informative.any(axis=1).mean()) if fc.size else 0.0
+
+
+def _refuse_without_signal(todo: list, model, names: list[str], results: list) -> list:
+    """Leave out runs whose usable ROIs fall below the card's ``input.min_valid_roi_fraction``.
+
+    Such a run would be encoded almost entirely from mask tokens and give a confident
+    prediction about nothing; its QC table says why instead (``model_status`` skipped).
+    """
+    need = float(model.card.get("input", {}).get("min_valid_roi_fraction",
+                                                 DEFAULT_MIN_VALID_ROI_FRACTION))
+    keep = []
+    for item in todo:
+        frac = usable_roi_fraction(_read_fc(item[2], names))
+        if frac < need:
+            reason = (f"only {frac:.0%} of the model's {len(names)} ROIs carry signal (no "
+                      f"finite, non-zero correlation), below the {need:.0%} its card requires; "
+                      "no model outputs written (check the mask's coverage and the BOLD data)")
+            LOGGER.warning("%s: %s", item[0].prefix, reason)
+            results.append({"run": item[0].prefix, "status": "skipped", "reason": reason,
+                            "_qc": item[4]})
+        else:
+            keep.append(item)
+    return keep
+
+
 def _input_hash(model_sha: str, fc_path: Path, extra: str = "") -> str:
     """Hash of the model, extra heads and the FC file's content (same in any output folder)."""
     from .utils import sha256_file
@@ -201,6 +240,9 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
                             "_qc": paths["qc"]})
             continue
         todo.append((run, mpaths, paths["fc"], phash, paths["qc"]))
+    if not todo:
+        return results
+    todo = _refuse_without_signal(todo, model, names, results)
     if not todo:
         return results
 

@@ -147,3 +147,38 @@ def test_unknown_model_is_usage_error(tmp_path, tiny_ds, capsys):
     code, log = run_cli([tiny_ds["root"], tmp_path / "out", "participant", "--participant-label",
                          "03", "--model", "nosuchmodel", "-w", tmp_path / "w"], capsys)
     assert code == 2 and "unknown model" in log
+
+
+def test_run_without_usable_signal_is_not_encoded(tmp_path, tiny_ds, capsys):
+    """Constant BOLD: no ROI carries signal; the model refuses it and the QC says why."""
+    from conftest import clone_dataset
+
+    ds = clone_dataset(tiny_ds["root"], tmp_path / "ds", subjects=["01"])
+    bold = sorted(ds.rglob("sub-01*_desc-preproc_bold.nii.gz"))[0]
+    img = nib.load(bold)
+    data = np.full(img.shape, 1000.0, dtype=np.float32)
+    bold.unlink()  # a symlink into the shared fixture: replace it, never write through it
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), bold)
+    out = tmp_path / "out"
+    run_cli([ds, out, "participant", "--participant-label", "01", "-w", tmp_path / "w",
+             "--min-time", "0"], capsys)
+    prefix = bold.name.split("_space-")[0]
+    qc = [pd.read_csv(p, sep="\t", keep_default_na=False) for p in _files(out, f"{prefix}*_qc.tsv")]
+    assert qc, "the constant run must still get a QC table"
+    q = qc[0].loc[0]
+    assert q["model_status"] != "ok"
+    assert not _files(out, f"{prefix}*_desc-{DEFAULT_MODEL}_embedding.tsv")
+    assert not _files(out, f"{prefix}*_desc-{DEFAULT_MODEL}_predictions.tsv")
+    others = [p for p in _files(out, f"*_desc-{DEFAULT_MODEL}_embedding.tsv")
+              if not p.name.startswith(prefix)]
+    assert others, "the subject's other runs are still encoded"
+
+
+def test_usable_roi_fraction():
+    from bidsfm.encode import usable_roi_fraction
+
+    fc = np.corrcoef(np.random.default_rng(0).normal(size=(50, 10)).T)
+    assert usable_roi_fraction(fc) == 1.0
+    fc[:4, :] = fc[:, :4] = np.nan
+    assert usable_roi_fraction(fc) == 0.6
+    assert usable_roi_fraction(np.full((10, 10), np.nan)) == 0.0

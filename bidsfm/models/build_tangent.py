@@ -142,7 +142,11 @@ def tangent_card(name: str, version: str, model_cfg, pretrain_cfg, logs, seconds
                   "roi_names": [f"CC200_{i:03d}" for i in range(1, 201)]},
         "input": {"kind": "Pearson FC (R x R) of denoised ROI time series, mapped to tangent "
                           "space inside the encoder",
-                  "min_volumes": 50, "target_tr": None,
+                  "min_volumes": 50, "target_tr": None, "min_valid_roi_fraction": 0.25,
+                  "min_valid_roi_fraction_description": "runs with fewer usable ROIs (finite, "
+                  "non-zero correlation to another ROI) are not encoded: the training data had "
+                  "at least 41 % (one ABIDE participant has 118 of 200 ROIs outside the field "
+                  "of view)",
                   "normalisation": f"shrinkage {model_cfg.shrinkage:g} towards the identity, "
                                    "then logm(M^-1/2 C M^-1/2) with the stored reference M "
                                    "(log-Euclidean mean of the 833 training participants' "
