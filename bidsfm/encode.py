@@ -71,25 +71,32 @@ def usable_roi_fraction(fc: np.ndarray) -> float:
     """Share of ROIs with at least one finite, non-zero correlation to another ROI.
 
     ROIs outside the field of view, ``n/a`` (low coverage) or with a constant signal have no such
-    correlation; a run with constant BOLD or a mask that covers no ROI has none at all.
+    correlation; a run with constant BOLD or a mask that covers no ROI has none at all. The
+    rule is the encoders' own (:func:`bidsfm.models.brainmass.infer_valid_rois`).
     """
-    fc = np.asarray(fc, dtype=np.float64)
-    off = ~np.eye(fc.shape[0], dtype=bool)
-    informative = np.isfinite(fc) & (fc != 0) & off
-    return float(informative.any(axis=1).mean()) if fc.size else 0.0
+    import torch
+
+    from .models.brainmass import infer_valid_rois
+
+    if not np.size(fc):
+        return 0.0
+    return float(infer_valid_rois(torch.as_tensor(np.asarray(fc))).double().mean())
 
 
-def _refuse_without_signal(todo: list, model, names: list[str], results: list) -> list:
+def _refuse_without_signal(todo: list, model, names: list[str], results: list
+                           ) -> tuple[list, list[np.ndarray]]:
     """Leave out runs whose usable ROIs fall below the card's ``input.min_valid_roi_fraction``.
 
     Such a run would be encoded almost entirely from mask tokens and give a confident
     prediction about nothing; its QC table says why instead (``model_status`` skipped).
+    Returns the runs kept and their FC matrices (read once, reused by FC models).
     """
     need = float(model.card.get("input", {}).get("min_valid_roi_fraction",
                                                  DEFAULT_MIN_VALID_ROI_FRACTION))
-    keep = []
+    keep, fcs = [], []
     for item in todo:
-        frac = usable_roi_fraction(_read_fc(item[2], names))
+        fc = _read_fc(item[2], names)
+        frac = usable_roi_fraction(fc)
         if frac < need:
             reason = (f"only {frac:.0%} of the model's {len(names)} ROIs carry signal (no "
                       f"finite, non-zero correlation), below the {need:.0%} its card requires; "
@@ -99,7 +106,8 @@ def _refuse_without_signal(todo: list, model, names: list[str], results: list) -
                             "_qc": item[4]})
         else:
             keep.append(item)
-    return keep
+            fcs.append(fc)
+    return keep, fcs
 
 
 def _input_hash(model_sha: str, fc_path: Path, extra: str = "") -> str:
@@ -242,7 +250,7 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
         todo.append((run, mpaths, paths["fc"], phash, paths["qc"]))
     if not todo:
         return results
-    todo = _refuse_without_signal(todo, model, names, results)
+    todo, fc_list = _refuse_without_signal(todo, model, names, results)
     if not todo:
         return results
 
@@ -256,7 +264,7 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
         if not todo:
             return results
     else:
-        fcs = np.stack([_read_fc(item[2], names) for item in todo])
+        fcs = np.stack(fc_list)
     emb = model.encode(fcs, batch_size=batch_size)
     preds = model.head_outputs(emb)
     heads = list(model.heads)
