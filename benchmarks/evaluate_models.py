@@ -96,31 +96,6 @@ def loso(row: Row, y: np.ndarray, sites: np.ndarray) -> dict:
             "oof": oof, "C_per_site": chosen, "edge_folds": edges}
 
 
-def few_shot(row: Row, y: np.ndarray, sites: np.ndarray, shots=(5, 10, 20, 50),
-             repeats: int = 5, seed: int = 0) -> dict[int, dict[str, float]]:
-    """Few-shot LOSO curve: k per class from the other sites (same draws for every row)."""
-    from sklearn.metrics import roc_auc_score
-
-    from bidsfm.models.heads import fit_binary_head
-
-    rng = np.random.default_rng(seed)
-    out = {}
-    for k in shots:
-        aucs = []
-        for _ in range(repeats):
-            oof = np.full(len(y), np.nan)
-            for site in np.unique(sites):
-                te = sites == site
-                pool = np.flatnonzero(~te)
-                pick = np.concatenate([rng.choice(pool[y[pool] == c], size=k, replace=False)
-                                       for c in (0, 1)])
-                x = row.features(site)
-                oof[te] = fit_binary_head("few", x[pick], y[pick], ["TC", "ASD"]).predict(x[te])
-            aucs.append(roc_auc_score(y, oof))
-        out[int(k)] = {"auc_mean": float(np.mean(aucs)), "auc_sd": float(np.std(aucs))}
-    return out
-
-
 def tangent_per_fold(fc: np.ndarray, sites: np.ndarray, shrinkage: float
                      ) -> dict[str, np.ndarray]:
     """Tangent FC (upper triangle with diagonal) with a reference fitted per training fold."""
@@ -175,7 +150,7 @@ def main() -> None:
 
     import torch
 
-    from bidsfm.models.build import full_fc
+    from bidsfm.models.build import few_shot_curve, full_fc
     from bidsfm.models.build_tangent import fit_readout, load_abide_views, tangent_embeddings
     from bidsfm.models.heads import C_GRID, paired_bootstrap_auc_difference
     from bidsfm.models.registry import load_model, model_dir
@@ -199,16 +174,16 @@ def main() -> None:
         rows.append(Row(f"tangent FC + LR{suffix}", "classical", per_fold=tan_folds,
                         centred=centred, sites=sites))
     info: dict[str, dict] = {}
-    embs_nofilt: dict[str, np.ndarray] = {"raw Pearson FC": pearson}
+    models = {}
     for spec in args.models:
         model = load_model(spec)
         label = f"{model.name} {model.card['version']}"
+        models[label] = model
         t1 = time.time()
         emb = model.encode(fc)
         info[label] = {"sha256": model.card["sha256"], "embedding_size": int(emb.shape[1]),
                        "path": str(model_dir(spec))}
         log(f"{label}: embedding {emb.shape[1]} values in {time.time() - t1:.0f} s")
-        embs_nofilt[label] = emb
         for centred in (False, True):
             suffix = ", centred per site" if centred else ""
             rows.append(Row(f"{label} embedding + LR{suffix}", "model", fixed=emb,
@@ -223,8 +198,7 @@ def main() -> None:
             rnd.eval()
             fit_readout(rnd, fc)
             emb0 = tangent_embeddings(rnd, fc)
-            embs_nofilt[f"{label} random-weight control"] = emb0
-            ref_t = tangent_space(fc, _reference_of(model.encoder), model.encoder.fill.numpy(),
+            ref_t = tangent_space(fc, model.encoder.reference(), model.encoder.fill.numpy(),
                                   model.encoder.config.shrinkage)
             iu = np.triu_indices(fc.shape[1])
             tan_all = ref_t[:, iu[0], iu[1]]
@@ -284,7 +258,8 @@ def main() -> None:
         print("| features | k=5 | k=10 | k=20 | k=50 |")
         print("| --- | --- | --- | --- | --- |")
         for row in rows:
-            curves[row.label] = c = few_shot(row, y, sites, repeats=args.repeats)
+            curves[row.label] = c = few_shot_curve(row.features, y, sites,
+                                                   repeats=args.repeats)
             print(f"| {row.label} | " + " | ".join(f"{c[k]['auc_mean']:.3f} +- "
                                                    f"{c[k]['auc_sd']:.3f}" for k in sorted(c))
                   + " |", flush=True)
@@ -295,16 +270,12 @@ def main() -> None:
         fc1 = fc[both]
         ident["raw Pearson FC"] = identification(
             np.nan_to_num(fc1[:, iu1[0], iu1[1]]), np.nan_to_num(fc2[:, iu1[0], iu1[1]]))
-        for spec in args.models:
-            model = load_model(spec)
-            label = f"{model.name} {model.card['version']}"
+        for label, model in models.items():
             if model.card.get("encoder_config", {}).get("kind") == "tangent":
                 enc = model.encoder
                 iu = np.triu_indices(fc.shape[1])
-                t1 = tangent_space(fc1, _reference_of(enc), enc.fill.numpy(),
-                                   enc.config.shrinkage)
-                t2 = tangent_space(fc2, _reference_of(enc), enc.fill.numpy(),
-                                   enc.config.shrinkage)
+                t1 = tangent_space(fc1, enc.reference(), enc.fill.numpy(), enc.config.shrinkage)
+                t2 = tangent_space(fc2, enc.reference(), enc.fill.numpy(), enc.config.shrinkage)
                 ident["tangent FC"] = identification(t1[:, iu[0], iu[1]], t2[:, iu[0], iu[1]])
             ident[f"{label} embedding"] = identification(model.encode(fc1), model.encode(fc2))
         print(f"\nPipeline robustness ({int(both.sum())} participants with both PCP pipelines; "
@@ -333,14 +304,6 @@ def main() -> None:
             "script": "benchmarks/evaluate_models.py", **json.loads(json.dumps(out,
                                                                               default=str))}
         write_json_atomic(card_path, card)
-
-
-def _reference_of(encoder) -> np.ndarray:
-    """The SPD reference M of a tangent encoder (from its stored M^-1/2)."""
-    from bidsfm.models.tangent import sym_apply
-
-    w = encoder.whiten.double().numpy()
-    return sym_apply(w, lambda v: v ** -2.0)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,26 @@ BRAINMASS_CITATION = ("Yang Y. et al. (2024) BrainMass: Advancing brain network 
                       "diagnosis with large-scale self-supervised learning. IEEE Trans Med "
                       "Imaging.")
 
+#: licence of weights trained on ABIDE (every bundled model's card)
+ABIDE_WEIGHTS_LICENCE = ("Weights: CC BY-NC-SA 4.0 (trained on ABIDE under its data usage "
+                         "agreement); code: Apache-2.0.")
+#: how the bundled models' heads are validated (card ``validation.scheme``, before what was
+#: fitted without labels on all sites)
+ABIDE_LOSO_SCHEME = ("leave-one-site-out over the 16 training sites; heads refitted without "
+                     "each site (inner hyper-parameter search grouped by site).")
+
+
+def abide_training_data(name: str, pheno: pd.DataFrame, series: list[np.ndarray],
+                        **extra: Any) -> dict[str, Any]:
+    """The card's ``training_data`` section of a model trained on the ABIDE participants."""
+    n_vol = [len(s) for s in series]
+    return {"name": name, "n_participants": int(len(pheno)),
+            "sites": sorted(set(pheno["site"].astype(str))),
+            "n_by_diagnosis": pheno["diagnosis"].value_counts().to_dict(),
+            "volumes": [int(min(n_vol)), int(max(n_vol))], **extra,
+            "terms": "ABIDE data usage agreement, CC BY-NC-SA", "citation": ABIDE_CITATION}
+
+
 #: the heads of the bundled model: name -> (participants.tsv column, kind, labels, unit)
 HEADS = {
     "diagnosis": ("diagnosis", BINARY, ["TC", "ASD"], None),
@@ -132,18 +152,29 @@ def attach_reference(folder: str | Path, shared_data: str | Path | None = None) 
                reference_fc=reference_fc(full_fc(series)))
 
 
-def few_shot(emb: np.ndarray, pheno: pd.DataFrame, shots=(5, 10, 20, 50), repeats: int = 5,
-             seed: int = 0) -> dict[int, dict[str, float]]:
-    """Few-shot diagnosis curve, leave-one-site-out.
+def few_shot_curve(features, y: np.ndarray, sites: np.ndarray, shots=(5, 10, 20, 50),
+                   repeats: int = 5, seed: int = 0) -> dict[int, dict[str, float]]:
+    """Few-shot diagnosis curve, leave-one-site-out, on fixed or per-fold features.
 
-    For each held-out site and repeat, ``k`` ASD and ``k`` TC participants are drawn from the
-    other 15 sites, a head is fitted on them alone and scores the held-out site. The pooled AUC
-    over sites is computed per repeat; the mean and standard deviation over repeats are returned.
+    For each held-out site and repeat, ``k`` participants of each class are drawn from the
+    other sites, a head is fitted on them alone and scores the held-out site. The pooled AUC
+    over sites is computed per repeat; the mean and standard deviation over repeats are
+    returned. The draws depend only on ``y``, ``sites`` and ``seed``, so every feature set
+    evaluated with the same seed sees the same participants.
+
+    Parameters
+    ----------
+    features : np.ndarray or callable
+        (N, E) features, or ``site -> (N, E)`` features built for the fold that holds that
+        site out (e.g. a tangent reference refitted without it).
+    y : np.ndarray
+        (N,) 0/1 labels (1 = ASD).
+    sites : np.ndarray
+        (N,) site of each participant.
     """
     from sklearn.metrics import roc_auc_score
 
-    y = _targets(pheno, "diagnosis")
-    sites = pheno["site"].astype(str).to_numpy()
+    get = features if callable(features) else (lambda _site: features)
     rng = np.random.default_rng(seed)
     out: dict[int, dict[str, float]] = {}
     for k in shots:
@@ -155,12 +186,20 @@ def few_shot(emb: np.ndarray, pheno: pd.DataFrame, shots=(5, 10, 20, 50), repeat
                 pool = np.flatnonzero(~te)
                 pick = np.concatenate([rng.choice(pool[y[pool] == c], size=k, replace=False)
                                        for c in (0, 1)])
-                head = fit_binary_head("few", emb[pick], y[pick], ["TC", "ASD"])
-                oof[te] = head.predict(emb[te])
+                x = get(site)
+                head = fit_binary_head("few", x[pick], y[pick], ["TC", "ASD"])
+                oof[te] = head.predict(x[te])
             aucs.append(roc_auc_score(y, oof))
         out[int(k)] = {"auc_mean": float(np.mean(aucs)), "auc_sd": float(np.std(aucs)),
                        "repeats": repeats}
     return out
+
+
+def few_shot(emb: np.ndarray, pheno: pd.DataFrame, shots=(5, 10, 20, 50), repeats: int = 5,
+             seed: int = 0) -> dict[int, dict[str, float]]:
+    """Few-shot diagnosis curve of embeddings of the ABIDE participants (:func:`few_shot_curve`)."""
+    return few_shot_curve(emb, _targets(pheno, "diagnosis"),
+                          pheno["site"].astype(str).to_numpy(), shots, repeats, seed)
 
 
 def in_sample(model, emb: np.ndarray, pheno: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -270,7 +309,6 @@ def build_fc_model(out_dir: str | Path, *, shared_data: str | Path | None = None
     validation = evaluate(emb, pheno)
     heads = fit_bundled_heads(emb, pheno, validation)
     baseline = fc_baseline(fc, pheno) if with_baseline else None
-    n_vol = [len(s) for s in series]
     card: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -296,23 +334,15 @@ def build_fc_model(out_dir: str | Path, *, shared_data: str | Path | None = None
                         "final_epoch": logs[-1] if logs else None,
                         "seconds": round(train_seconds, 1),
                         "device": str(pretrain_cfg.device)},
-        "training_data": {
-            "name": "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
-                    "CC200 ROI time series",
-            "n_participants": int(len(pheno)), "sites": sorted(set(pheno["site"].astype(str))),
-            "n_by_diagnosis": pheno["diagnosis"].value_counts().to_dict(),
-            "volumes": [int(min(n_vol)), int(max(n_vol))],
-            "terms": "ABIDE data usage agreement, CC BY-NC-SA",
-            "citation": ABIDE_CITATION,
-        },
+        "training_data": abide_training_data(
+            "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
+            "CC200 ROI time series", pheno, series),
         "validation": {
-            "scheme": "leave-one-site-out over the 16 training sites; heads refitted without "
-                      "each site (inner hyper-parameter search grouped by site). The encoder "
-                      "was pretrained (without labels) on all 16 sites.",
+            "scheme": ABIDE_LOSO_SCHEME + " The encoder was pretrained (without labels) on all "
+                                          "16 sites.",
             "fc_baseline": baseline,
         },
-        "licence": "Weights: CC BY-NC-SA 4.0 (trained on ABIDE under its data usage "
-                   "agreement); code: Apache-2.0.",
+        "licence": ABIDE_WEIGHTS_LICENCE,
         "citation": [BRAINMASS_CITATION] + ABIDE_CITATION,
     }
     card["attribution"] = {"method": "integrated gradients", "baseline": "reference FC: mean "
@@ -546,7 +576,6 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
         control = random_control_validation(enc_cfg, grads, jepa_cfg.seed, windows, pheno)
         log(f"random-weight control embedded and evaluated in {time.time() - t0:.0f} s")
     gain = None if control is None else pretraining_gain(validation, control)
-    n_vol = [len(s) for s in series]
     card: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -580,29 +609,20 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
                         "final_epoch": logs[-1] if logs else None,
                         "seconds": round(train_seconds, 1),
                         "encoder_saved": "EMA target encoder"},
-        "training_data": {
-            "name": "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
-                    "CC200 ROI time series",
-            "n_participants": int(len(pheno)), "sites": sorted(set(pheno["site"].astype(str))),
-            "n_by_diagnosis": pheno["diagnosis"].value_counts().to_dict(),
-            "volumes": [int(min(n_vol)), int(max(n_vol))],
-            "repetition_times": sorted({float(t) for t in trs}),
-            "terms": "ABIDE data usage agreement, CC BY-NC-SA",
-            "citation": ABIDE_CITATION,
-        },
+        "training_data": abide_training_data(
+            "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
+            "CC200 ROI time series", pheno, series,
+            repetition_times=sorted({float(t) for t in trs})),
         "validation": {
-            "scheme": "leave-one-site-out over the 16 training sites; heads refitted without "
-                      "each site (inner hyper-parameter search grouped by site). The encoder, "
-                      "the gradients and the readout axes were fitted (without labels) on all "
-                      "16 sites.",
+            "scheme": ABIDE_LOSO_SCHEME + " The encoder, the gradients and the readout axes "
+                                          "were fitted (without labels) on all 16 sites.",
             **({"random_weight_control": control} if control is not None else {}),
         },
         **({"warning": gain["warning"]} if gain and gain["warning"] else {}),
         "attribution": {"method": "integrated gradients over the input windows",
                         "baseline": "all-zero z-scored series (every ROI at its run mean)",
                         "roi_score": "sum over the ROI's time points, averaged over windows"},
-        "licence": "Weights: CC BY-NC-SA 4.0 (trained on ABIDE under its data usage "
-                   "agreement); code: Apache-2.0.",
+        "licence": ABIDE_WEIGHTS_LICENCE,
         "citation": [BRAINJEPA_CITATION] + GRADIENT_CITATIONS + ABIDE_CITATION
         + (VARIANCE_TERM_CITATIONS if jepa_cfg.var_weight or jepa_cfg.cov_weight else []),
     }

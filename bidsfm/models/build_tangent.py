@@ -19,7 +19,10 @@ import pandas as pd
 
 from .build import (
     ABIDE_CITATION,
+    ABIDE_LOSO_SCHEME,
+    ABIDE_WEIGHTS_LICENCE,
     BRAINMASS_CITATION,
+    abide_training_data,
     evaluate,
     fit_bundled_heads,
     full_fc,
@@ -76,17 +79,11 @@ def refined_matrices(encoder, fc: np.ndarray, batch_size: int = 64) -> np.ndarra
     """The encoder's refined connectivity (N, R, R) of Pearson FC matrices."""
     import torch
 
-    from .brainmass import infer_valid_rois
-
-    out = []
     encoder.eval()
     with torch.no_grad():
-        for i in range(0, len(fc), batch_size):
-            x = torch.as_tensor(np.asarray(fc[i:i + batch_size], dtype=np.float32))
-            valid = infer_valid_rois(x)
-            x = x.masked_fill(~valid[:, :, None] | ~valid[:, None, :], float("nan"))
-            out.append(encoder.refine_tangent(encoder.tangent(x), valid).numpy())
-    return np.concatenate(out)
+        return np.concatenate([
+            encoder.refined(torch.as_tensor(np.asarray(fc[i:i + batch_size], np.float32))
+                            ).numpy() for i in range(0, len(fc), batch_size)])
 
 
 def fit_readout(encoder, fc: np.ndarray) -> None:
@@ -109,10 +106,8 @@ def reference_correlation(encoder) -> np.ndarray:
     Stored as ``reference.fc`` (the attribution baseline and "typical participant" of the
     model), so that encoding it gives exactly the reference the integrated gradients start from.
     """
-    from .tangent import sym_apply
-
     s = float(encoder.config.shrinkage)
-    m = sym_apply(encoder.whiten.double().numpy(), lambda v: v ** -2.0)
+    m = encoder.reference()
     return ((m - s * np.eye(len(m))) / (1.0 - s)).astype(np.float32)
 
 
@@ -120,7 +115,6 @@ def tangent_card(name: str, version: str, model_cfg, pretrain_cfg, logs, seconds
                  pheno: pd.DataFrame, views, emb_size: int, validation: dict[str, Any]
                  ) -> dict[str, Any]:
     """The model card of a tangent-space FC model built on ABIDE."""
-    n_vol = [len(s) for s in views[0]]
     k = model_cfg.readout_dim
     readout = (f"each ROI's refined connectivity row projected on {k} axes (principal axes of "
                "the training cohort's refined rows, fitted without labels; stored as "
@@ -171,26 +165,18 @@ def tangent_card(name: str, version: str, model_cfg, pretrain_cfg, logs, seconds
                         "collapse_check": "emb_sd (mean per-dimension SD of the embedding "
                                           "over 128 participants) vs input_sd (the same of "
                                           "the input tangent FC), logged every epoch"},
-        "training_data": {
-            "name": "ABIDE I (Preprocessed Connectomes Project, C-PAC), CC200 ROI time series: "
-                    "nofilt_noglobal (833 participants) and filt_global (804 of them)",
-            "n_participants": int(len(pheno)), "sites": sorted(set(pheno["site"].astype(str))),
-            "n_by_diagnosis": pheno["diagnosis"].value_counts().to_dict(),
-            "n_second_view": int(sum(s is not None for s in views[1])),
-            "volumes": [int(min(n_vol)), int(max(n_vol))],
-            "terms": "ABIDE data usage agreement, CC BY-NC-SA",
-            "citation": ABIDE_CITATION,
-        },
+        "training_data": abide_training_data(
+            "ABIDE I (Preprocessed Connectomes Project, C-PAC), CC200 ROI time series: "
+            "nofilt_noglobal (833 participants) and filt_global (804 of them)", pheno, views[0],
+            n_second_view=int(sum(s is not None for s in views[1]))),
         "validation": {
-            "scheme": "leave-one-site-out over the 16 training sites; heads refitted without "
-                      "each site (inner hyper-parameter search grouped by site). The encoder "
-                      "was pretrained (without labels) on all 16 sites.",
+            "scheme": ABIDE_LOSO_SCHEME + " The encoder was pretrained (without labels) on all "
+                                          "16 sites.",
             "heads": validation,
         },
         "attribution": {"method": "integrated gradients in tangent space",
                         "baseline": "the model's reference (the zero tangent matrix)"},
-        "licence": "Weights: CC BY-NC-SA 4.0 (trained on ABIDE under its data usage "
-                   "agreement); code: Apache-2.0.",
+        "licence": ABIDE_WEIGHTS_LICENCE,
         "citation": [BRAINMASS_CITATION] + TANGENT_CITATIONS + ABIDE_CITATION,
     }
 
@@ -206,7 +192,6 @@ def build_tangent_fc_model(out_dir: str | Path, *, shared_data: str | Path | Non
     dict
         The model card (also written to ``out_dir/card.json``).
     """
-    from .brainmass import BrainMassConfig  # noqa: F401  (family documentation)
     from .pretrain_tangent import TangentPretrainConfig, pretrain_tangent
     from .registry import save_model
     from .tangentmass import TangentMassConfig

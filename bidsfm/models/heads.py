@@ -23,7 +23,6 @@ BINARY, REGRESSION, MULTICLASS = "binary", "regression", "multiclass"
 C_GRID = tuple(float(10.0**k) for k in range(-7, 2))
 #: ridge strengths of regression heads
 ALPHA_GRID = tuple(float(a) for a in np.logspace(0, 7, 15))
-_C_GRID, _ALPHA_GRID = C_GRID, ALPHA_GRID
 
 
 @dataclass
@@ -201,9 +200,9 @@ def fit_binary_head(name: str, emb: np.ndarray, y: np.ndarray, labels: list[str]
     y = np.asarray(y).astype(int)
     mean, scale = _standardise(emb)
     z, basis = _row_space((emb - mean) / scale)
-    best_c, best = _C_GRID[0], -np.inf
+    best_c, best = C_GRID[0], -np.inf
     folds = _inner_cv(groups, len(y), y)
-    for c in _C_GRID:
+    for c in C_GRID:
         scores = []
         for tr, te in folds:
             if len(np.unique(y[tr])) < 2 or len(np.unique(y[te])) < 2:
@@ -244,8 +243,8 @@ def fit_multiclass_head(name: str, emb: np.ndarray, y: np.ndarray, labels: list[
     k = len(labels)
     mean, scale = _standardise(emb)
     z, basis = _row_space((emb - mean) / scale)
-    best_c, best = _C_GRID[0], -np.inf
-    for c in _C_GRID:
+    best_c, best = C_GRID[0], -np.inf
+    for c in C_GRID:
         scores = []
         for tr, te in _inner_cv(groups, len(y), y):
             if len(np.unique(y[tr])) < k:
@@ -280,8 +279,8 @@ def fit_regression_head(name: str, emb: np.ndarray, y: np.ndarray,
     mean, scale = _standardise(emb)
     z, basis = _row_space((emb - mean) / scale)
     folds = _inner_cv(groups, len(y))
-    best_a, best = _ALPHA_GRID[0], np.inf
-    for a in _ALPHA_GRID:
+    best_a, best = ALPHA_GRID[0], np.inf
+    for a in ALPHA_GRID:
         err = []
         for tr, te in folds:
             model = Ridge(alpha=a).fit(z[tr], y[tr])

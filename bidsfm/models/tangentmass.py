@@ -145,6 +145,12 @@ class TangentMassEncoder(nn.Module):
                                  f"{tuple(t.shape)}")
             getattr(self, name).copy_(t.to(getattr(self, name).device))
 
+    def reference(self) -> np.ndarray:
+        """The SPD reference ``M`` (R, R), recovered from the stored ``M^-1/2``."""
+        from .tangent import sym_apply
+
+        return sym_apply(self.whiten.double().cpu().numpy(), lambda v: v ** -2.0)
+
     def set_readout(self, basis: np.ndarray | Tensor) -> None:
         """Store the (R, k) readout axes (``readout_dim > 0`` only)."""
         if not self.config.readout_dim:
@@ -216,8 +222,8 @@ class TangentMassEncoder(nn.Module):
         tangent space from the reference, i.e. from the zero matrix)."""
         return self.readout(self.refine_tangent(t, valid))
 
-    def embed(self, fc: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Embedding of (B, R, R) Pearson FC matrices (NaN rows/columns = missing ROIs)."""
+    def refined(self, fc: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Refined connectivity (B, R, R) of Pearson FC matrices (NaN = missing ROIs)."""
         from .brainmass import infer_valid_rois
 
         r = self.config.n_rois
@@ -227,4 +233,8 @@ class TangentMassEncoder(nn.Module):
         if valid is None:
             valid = infer_valid_rois(fc)
         fc = fc.masked_fill(~valid[:, :, None] | ~valid[:, None, :], float("nan"))
-        return self.embed_tangent(self.tangent(fc.float()), valid)
+        return self.refine_tangent(self.tangent(fc.float()), valid)
+
+    def embed(self, fc: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Embedding of (B, R, R) Pearson FC matrices (NaN rows/columns = missing ROIs)."""
+        return self.readout(self.refined(fc, valid))
