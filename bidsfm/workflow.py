@@ -1,6 +1,11 @@
 """Nipype layer: an interface per run over :func:`bidsfm.pipeline.process_run`, and workflow
-builders that give users Nipype's execution plugins (Linear, MultiProc, SLURM, SGE, PBS) and its
-work-directory caching.
+builders that give users Nipype's execution plugins (Linear, MultiProc, SLURM, SGE, PBS).
+
+Nipype's node cache is not used for the nodes that write outputs (``always_run``): what is done
+is decided by the outputs on disk only (:func:`bidsfm.pipeline.is_complete` and the model's
+own check), so a rerun after the output folder was deleted, or after a transient failure
+(a full disk, a read-only folder) was fixed, writes what is missing instead of answering from
+the work folder's cache.
 """
 
 from __future__ import annotations
@@ -36,9 +41,6 @@ class _ProcessRunInputSpec(BaseInterfaceInputSpec):
     mem_mb = traits.Int(0, usedefault=True,
                         desc="memory available (--mem-mb); 0 = no check. Kept out of the "
                              "processing options: it does not change the outputs")
-    input_stamp = traits.Str("", usedefault=True,
-                             desc="sizes and mtimes of the inputs, so that Nipype's cache "
-                                  "notices changed input files")
 
 
 class _ProcessRunOutputSpec(TraitedSpec):
@@ -50,10 +52,13 @@ class ProcessRun(SimpleInterface):
 
     Input problems never make the node crash: they are returned as ``status == "error"`` with a
     one-line reason (and recorded in the run's QC table), so the rest of the cohort goes on.
+    The node always runs (never answered from Nipype's cache): :func:`process_run` itself
+    reuses complete outputs found on disk.
     """
 
     input_spec = _ProcessRunInputSpec
     output_spec = _ProcessRunOutputSpec
+    always_run = True
 
     def _run_interface(self, runtime):
         from threadpoolctl import threadpool_limits
@@ -83,9 +88,6 @@ class _EncodeInputSpec(BaseInterfaceInputSpec):
     batch_size = traits.Int(64, usedefault=True, desc="FC matrices per forward pass")
     heads = traits.List(traits.Str, usedefault=True,
                         desc="extra heads (--heads) as NAME=PATH of group-level head folders")
-    heads_stamp = traits.Str("", usedefault=True,
-                             desc="sha256 of the extra heads' weights, so that Nipype's cache "
-                                  "notices a refitted head")
 
 
 class _EncodeOutputSpec(TraitedSpec):
@@ -98,10 +100,12 @@ class EncodeParticipant(SimpleInterface):
     Like :class:`ProcessRun`, the node never crashes: a model that cannot be loaded (a corrupt
     or foreign weights file) or a failure while encoding is returned as ``status == "error"``
     for every run, with a one-line reason, and the run outputs already written stay valid.
+    Like :class:`ProcessRun`, it always runs; complete model outputs on disk are reused.
     """
 
     input_spec = _EncodeInputSpec
     output_spec = _EncodeOutputSpec
+    always_run = True
 
     def _run_interface(self, runtime):
         import torch
@@ -143,30 +147,6 @@ class EncodeParticipant(SimpleInterface):
                        for r in runs]
         self._results["results"] = [{**r, "stage": "model"} for r in results]
         return runtime
-
-
-def _stamp(run: BoldRun) -> str:
-    out = []
-    for p in (run.bold, run.mask, run.confounds):
-        try:
-            st = os.stat(p)
-            out.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            out.append(f"{p}:missing")
-    return "|".join(out)
-
-
-def heads_stamp(heads: list[str]) -> str:
-    """Names and weight hashes of the ``--heads`` (from their cards)."""
-    out = []
-    for spec in heads:
-        name, _, path = spec.partition("=")
-        try:
-            card = json.loads((Path(path) / "card.json").read_text())
-            out.append(f"{name}:{card.get('sha256', '')}")
-        except (OSError, ValueError):
-            out.append(f"{name}:unreadable")
-    return "|".join(out)
 
 
 def _estimate_mem_gb(run: BoldRun) -> float:
@@ -230,7 +210,7 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
     for i, run in enumerate(runs):
         node = pe.Node(ProcessRun(run=run.to_dict(), options=opts, output_dir=str(output_dir),
                                   dataset_name=dataset_name, omp_nthreads=omp_nthreads,
-                                  mem_mb=int(mem_mb or 0), input_stamp=_stamp(run)),
+                                  mem_mb=int(mem_mb or 0)),
                        name=_node_name(run, i), mem_gb=_estimate_mem_gb(run),
                        n_procs=omp_nthreads)
         wf.add_nodes([node])
@@ -242,8 +222,7 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
                                            device=device, output_dir=str(output_dir),
                                            omp_nthreads=omp_nthreads, batch_size=batch_size,
-                                           heads=list(heads or []),
-                                           heads_stamp=heads_stamp(list(heads or []))),
+                                           heads=list(heads or [])),
                          name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
         wf.connect(merge, "out", encode, "run_results")
     return wf
@@ -262,7 +241,9 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
         "crashfile_format": "txt",
         "stop_on_first_crash": False,
         "remove_unnecessary_outputs": False,
-        "hash_method": "content",
+        # the output nodes always run (see the module docstring); "timestamp" keeps Nipype
+        # from reading every BOLD file to hash it ("content" would md5 whole files)
+        "hash_method": "timestamp",
         "create_report": False,
     })
     for participant, runs in runs_by_participant.items():

@@ -1,0 +1,65 @@
+"""Reliability, round two (issue 17): resume, stray files, paths, locks, one-line errors.
+
+Each test runs the ``bidsfm`` command line on a clone of one participant of the tiny synthetic
+fMRIPrep dataset (see ``tests/faults/faultkit.py``) and checks one promise of
+docs/reliability.md. Output names are read back from the output folder (``*_qc.tsv``), never
+spelled here, so the tests do not depend on the naming scheme.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent / "faults"))
+
+from faultkit import assert_clean, make_case  # noqa: E402
+
+
+def _files(out: Path) -> set[str]:
+    """Relative paths of every file under ``out`` (lock files aside)."""
+    return {str(p.relative_to(out)) for p in out.rglob("*")
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    """``status`` of each run QC table under ``out``, by run prefix (``sub-03_task-rest_run-1``)."""
+    got = {}
+    for qc in sorted(out.rglob("sub-*_qc.tsv")):
+        row = pd.read_csv(qc, sep="\t", keep_default_na=False).iloc[0]
+        got[qc.name.split("_space-")[0]] = row["status"]
+    return got
+
+
+def test_rerun_after_output_deleted_writes_everything(tmp_path, tiny_ds, capsys):
+    """The outputs on disk are the only truth: with the work folder kept, a rerun after the
+    output folder was deleted writes every output again (Nipype's node cache said 'done')."""
+    case = make_case(tiny_ds, tmp_path)
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    first = _files(case.out)
+    assert len(_statuses(case.out)) == 2
+    shutil.rmtree(case.out)
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    assert _files(case.out) == first
+    assert set(_statuses(case.out).values()) == {"ok"}
+    assert_clean(case.out)
+
+
+def test_transient_failure_is_retried(tmp_path, tiny_ds, capsys):
+    """A failure fixed later (the participant's output folder could not be created) is not
+    repeated from Nipype's cache: the rerun processes every run."""
+    case = make_case(tiny_ds, tmp_path)
+    case.out.mkdir()
+    (case.out / "sub-03").write_text("not a folder")  # every write of sub-03 fails
+    code, log = case.cli(capsys=capsys)
+    assert code == 1, log
+    (case.out / "sub-03").unlink()
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    assert _statuses(case.out) == {"sub-03_task-rest_run-1": "ok",
+                                   "sub-03_task-rest_run-2": "ok"}
