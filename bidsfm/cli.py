@@ -31,8 +31,9 @@ DEFAULT_HARMONIZE_METHOD = "combat"
 #: options that take several space-separated values (``--participant-label 01 02``)
 GREEDY_OPTIONS = ("--participant-label", "--participant_label", "--session-label",
                   "--session_label", "-t", "--task-id", "--task_id")
-_GREEDY_VALUE = re.compile(r"^(sub-|ses-|task-)?[A-Za-z0-9]+$")
-_BIDS_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_GREEDY_VALUE = re.compile(r"(sub-|ses-|task-)?[A-Za-z0-9]+")
+#: a BIDS label; always checked with fullmatch (``$`` would accept a trailing newline)
+_BIDS_LABEL = re.compile(r"[A-Za-z0-9]+")
 
 
 def expand_greedy(argv: list[str]) -> list[str]:
@@ -49,7 +50,7 @@ def expand_greedy(argv: list[str]) -> list[str]:
         if arg in GREEDY_OPTIONS and i + 1 < len(argv):
             out.append(argv[i + 1])
             i += 2
-            while (i < len(argv) and _GREEDY_VALUE.match(argv[i])
+            while (i < len(argv) and _GREEDY_VALUE.fullmatch(argv[i])
                    and argv[i] not in ("participant", "group")):
                 out.extend([arg, argv[i]])
                 i += 1
@@ -279,7 +280,7 @@ def resolve_heads(specs: tuple[str, ...], model: dict[str, str] | None) -> list[
     out = []
     for spec in specs:
         name, sep, path = spec.partition("=")
-        if not sep or not _BIDS_LABEL.match(name.replace("_", "")):
+        if not sep or not _BIDS_LABEL.fullmatch(name.replace("_", "")):
             name, path = "", spec
         head_card = read_head_card(path)
         check_head_model(head_card, card, path)
@@ -507,7 +508,7 @@ def _resolve_model(spec: str) -> dict[str, str] | None:
                           path=card_path, remedy="Restore the model folder (card.json + "
                           "weights.safetensors), or reinstall bidsfm") from None
     for what, value in (("model name", name), ("atlas name", atlas)):
-        if not isinstance(value, str) or not _BIDS_LABEL.match(value):
+        if not isinstance(value, str) or not _BIDS_LABEL.fullmatch(value):
             raise ConfigError(f"the card's {what} {value!r} is not a BIDS label (letters and "
                               "digits only); it would become part of output file names",
                               path=card_path, remedy="Fix the card, or use another model")

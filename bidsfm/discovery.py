@@ -41,7 +41,8 @@ ENTITY_KEYS = {"subject": "sub", "session": "ses", "task": "task", "acquisition"
                "echo": "echo", "part": "part"}
 
 SUPPORTED_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+#: a BIDS label; always checked with fullmatch (``$`` would accept a trailing newline)
+_LABEL_RE = re.compile(r"[A-Za-z0-9]+")
 
 #: fMRIPrep output spaces that are not a template: the participant's own anatomy or BOLD grid,
 #: or surfaces. bidsfm applies no subject-to-template transform, so an atlas (always in a
@@ -171,7 +172,7 @@ def normalize_participant_labels(labels: list[str] | tuple[str, ...] | None) -> 
             if not part:
                 continue
             label = part[4:] if part.startswith("sub-") else part
-            if not _LABEL_RE.match(label):
+            if not _LABEL_RE.fullmatch(label):
                 raise ConfigError(f"invalid participant label {part!r}: BIDS labels contain only "
                                   "letters and digits", remedy="Pass labels like 01 or sub-01")
             if label not in out:
@@ -188,7 +189,7 @@ def normalize_labels(labels: list[str] | tuple[str, ...] | None, prefix: str, wh
             if not part:
                 continue
             label = part[len(prefix):] if part.startswith(prefix) else part
-            if not _LABEL_RE.match(label):
+            if not _LABEL_RE.fullmatch(label):
                 raise ConfigError(f"invalid {what} label {part!r}",
                                   remedy="BIDS labels contain only letters and digits")
             if label not in out:
@@ -206,7 +207,11 @@ def parse_space(spec: str) -> tuple[str, str | None]:
                               remedy="Use TEMPLATE or TEMPLATE:res-N, e.g. "
                                      "MNI152NLin2009cAsym:res-2")
         res = mod[4:]
-    if not _LABEL_RE.match(template):
+        if not _LABEL_RE.fullmatch(res):
+            raise ConfigError(f"invalid --space {spec!r}: the res- label must be letters and "
+                              "digits", remedy="Use TEMPLATE:res-N, e.g. "
+                                               "MNI152NLin2009cAsym:res-2")
+    if not _LABEL_RE.fullmatch(template):
         raise ConfigError(f"invalid --space {spec!r}")
     check_space(template)
     return template, res
@@ -433,7 +438,7 @@ def _bids_stem_entities(name: str) -> tuple[dict[str, str], str] | None:
     ents: dict[str, str] = {}
     for part in parts[:-1]:
         key, sep, value = part.partition("-")
-        if not sep or not value or not _LABEL_RE.match(value) or not key.isalnum():
+        if not sep or not value or not _LABEL_RE.fullmatch(value) or not key.isalnum():
             return None
         ents[key] = value
     return ents, parts[-1]

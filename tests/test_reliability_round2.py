@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
 
@@ -63,3 +64,25 @@ def test_transient_failure_is_retried(tmp_path, tiny_ds, capsys):
     assert code == 0, log
     assert _statuses(case.out) == {"sub-03_task-rest_run-1": "ok",
                                    "sub-03_task-rest_run-2": "ok"}
+
+
+@pytest.mark.parametrize("spec", ["MNI152NLin2009cAsym\n", "MNI152NLin2009cAsym:res-2\n",
+                                  "MNI152NLin2009cAsym:res-../x"])
+def test_space_label_with_newline_or_path_refused(spec):
+    """``--space`` labels are checked with a full match: a trailing newline (accepted by
+    ``re.match`` with ``$``) or path characters in ``res-`` are a usage error."""
+    from bidsfm.discovery import parse_space
+    from bidsfm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="invalid --space"):
+        parse_space(spec)
+
+
+def test_labels_are_checked_with_fullmatch():
+    """The command line's label patterns are full matches: a value ending in a newline is not
+    a label (``re.match`` with ``$`` accepted it)."""
+    from bidsfm.cli import _BIDS_LABEL, expand_greedy
+
+    assert _BIDS_LABEL.fullmatch("CC200\n") is None
+    assert expand_greedy(["--participant-label", "01", "02\n"]) == [
+        "--participant-label", "01", "02\n"]

@@ -76,6 +76,9 @@ def test_pickle_model_on_the_command_line(tmp_path, tiny_ds, capfd):
 @pytest.mark.parametrize("edit,words", [
     (lambda card: {**card, "name": "../../evil"}, "model name '../../evil' is not a BIDS label"),
     (lambda card: {**card, "atlas": {**card["atlas"], "name": "../CC200"}}, "atlas name"),
+    # a trailing newline passed re.match(r"^...$") and put newlines into output file names
+    (lambda card: {**card, "name": card["name"] + "\n"}, "\\n' is not a BIDS label"),
+    (lambda card: {**card, "atlas": {**card["atlas"], "name": "CC200\n"}}, "atlas name"),
     (lambda card: {k: v for k, v in card.items() if k != "name"}, "cannot read the model card"),
     (lambda card: "{broken", "cannot read the model card"),
 ])
