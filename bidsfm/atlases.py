@@ -304,6 +304,74 @@ def normalise_atlas_spec(spec: str) -> str:
         return text
 
 
+def _named_spec(text: str, base: Path) -> bool:
+    """True for ``NAME=PATH`` (an existing file whose name holds ``=`` is a plain path)."""
+    return "=" in text and not (base / Path(text).expanduser()).exists()
+
+
+def _path_like(text: str) -> bool:
+    return "/" in text or os.sep in text or bool(_NIFTI_RE.search(text))
+
+
+def absolute_atlas_spec(spec: str, base: str | Path | None = None) -> str:
+    """``spec`` with its file path made absolute; registry names are returned unchanged.
+
+    Nipype runs each node in its own folder, so a relative ``--atlas NAME=PATH`` that was
+    found when the command line was checked would not be found by the nodes. The command line
+    calls this on every ``--atlas`` value, and on a model card's atlas file (``base`` = the
+    card's folder). The path is joined to ``base``, not resolved: symlinks are kept.
+
+    Parameters
+    ----------
+    spec : str
+        An ``--atlas`` value: a registry name, a path, or ``NAME=PATH``.
+    base : str or Path, optional
+        Folder a relative path is relative to (default: the current folder).
+
+    Returns
+    -------
+    str
+    """
+    text = str(spec).strip()
+    folder = Path.cwd() if base is None else Path(base).absolute()
+
+    def absolute(path: str) -> str:
+        return str(folder / Path(path).expanduser())  # an absolute path stays as it is
+
+    if _named_spec(text, folder):
+        name, _, path = text.partition("=")
+        return f"{name}={absolute(path)}"
+    if _path_like(text):
+        return absolute(text)
+    try:
+        if canonical_atlas_name(text) is not None:
+            return text
+    except AtlasNotFoundError:
+        return text
+    return absolute(text) if (folder / text).is_file() else text
+
+
+def atlas_label(spec: str) -> str:
+    """The atlas name (a BIDS label) :func:`resolve_atlas` gives ``spec``, without reading it.
+
+    Used to name the QC table of a run whose atlas could not be resolved, so that no part of
+    a raw spec (``X=../../x.nii.gz``) ever becomes part of a path. Returns ``""`` when no
+    letters or digits are left (such a spec is refused when resolved).
+    """
+    text = str(spec).strip()
+    if _named_spec(text, Path.cwd()):
+        return _alnum(text.partition("=")[0])
+    if not _path_like(text):
+        try:
+            canonical = canonical_atlas_name(text)
+        except AtlasNotFoundError:
+            canonical = None
+        if canonical is not None:
+            return canonical
+    filename = Path(text).name
+    return _alnum(_entity(filename, "atlas") or "") or _alnum(_strip_nifti(filename))
+
+
 def resolve_atlas(spec: str, *, space: str | None = None) -> Atlas:
     """Resolve an atlas specification offline-first.
 

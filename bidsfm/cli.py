@@ -355,6 +355,7 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
     bids_dir = bids_dir.absolute()
     output_dir = output_dir.absolute()
+    opts = absolute_paths(opts)  # Nipype nodes run in their own folders
     fmriprep_dir = locate_fmriprep(bids_dir, _parse_derivatives(opts["derivatives"]))
     for name, folder in (("output", output_dir), ("work", opts["work_dir"])):
         if folder is None:
@@ -480,6 +481,56 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     return EXIT_OK
 
 
+def absolute_paths(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options with every relative file or folder path made absolute (from the current
+    folder), as the command line gave them.
+
+    Nipype runs each node in its own folder, so a relative ``--atlas NAME=PATH``,
+    ``--denoise-strategy FILE`` or ``--model DIR`` that the command-line checks found would not
+    be found by the nodes. Registry names (``CC200``, a bundled model, a strategy preset) are
+    kept. Paths are joined to the current folder, not resolved: symlinks are kept.
+
+    Parameters
+    ----------
+    opts : dict
+        The command line's options (click's parameter names).
+
+    Returns
+    -------
+    dict
+        A copy with absolute paths.
+    """
+    from .atlases import absolute_atlas_spec
+
+    def absolute(value: Any) -> Any:
+        return value if value is None else Path(value).expanduser().absolute()
+
+    out = dict(opts)
+    out["atlas"] = tuple(absolute_atlas_spec(s) for s in opts.get("atlas") or ())
+    strategy = opts.get("strategy")
+    if strategy:
+        from .confounds import PRESETS
+
+        preset = str(strategy).removesuffix("+gsr") in PRESETS
+        if not preset and (str(strategy).lower().endswith(".json") or Path(strategy).is_file()):
+            out["strategy"] = str(absolute(strategy))
+    model = opts.get("model")
+    if model not in (None, "", "auto", "none") and Path(str(model)).expanduser().is_dir():
+        out["model"] = str(absolute(model))
+    heads = []
+    for spec in opts.get("heads") or ():
+        name, sep, path = str(spec).partition("=")
+        if sep and _BIDS_LABEL.fullmatch(name.replace("_", "")):
+            heads.append(f"{name}={absolute(path)}")
+        else:
+            heads.append(str(absolute(spec)))
+    out["heads"] = tuple(heads)
+    for key in ("bids_filter_file", "bids_database_dir", "participants_tsv", "use_plugin"):
+        if opts.get(key) is not None:
+            out[key] = absolute(opts[key])
+    return out
+
+
 def _resolve_model(spec: str) -> dict[str, str] | None:
     """Model folder and atlas for ``--model`` (None for 'none' or no bundled model).
 
@@ -498,7 +549,7 @@ def _resolve_model(spec: str) -> dict[str, str] | None:
         if DEFAULT_MODEL not in list_models():
             return None
         spec = DEFAULT_MODEL
-    folder = model_dir(spec)
+    folder = model_dir(spec).absolute()
     card_path = folder / CARD
     try:
         card = json.loads(card_path.read_text())
@@ -514,8 +565,10 @@ def _resolve_model(spec: str) -> dict[str, str] | None:
                               path=card_path, remedy="Fix the card, or use another model")
     if card.get("warning"):  # e.g. a bundled model kept as a reference, not for predictions
         LOGGER.warning("model %s: %s", name, card["warning"])
-    return {"path": str(folder), "atlas": atlas, "name": name,
-            "atlas_file": card["atlas"].get("user_file")}
+    user_file = card["atlas"].get("user_file")
+    if user_file:  # a relative atlas file is relative to the card's folder
+        user_file = str(folder / Path(str(user_file)).expanduser())
+    return {"path": str(folder), "atlas": atlas, "name": name, "atlas_file": user_file}
 
 
 def _model_atlas_spec(model: dict[str, Any], requested: list[str]) -> str:

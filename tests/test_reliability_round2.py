@@ -86,3 +86,62 @@ def test_labels_are_checked_with_fullmatch():
     assert _BIDS_LABEL.fullmatch("CC200\n") is None
     assert expand_greedy(["--participant-label", "01", "02\n"]) == [
         "--participant-label", "01", "02\n"]
+
+
+def test_relative_paths_work_from_any_folder(tmp_path, tiny_ds, capsys, monkeypatch):
+    """``--atlas NAME=PATH``, ``--denoise-strategy FILE``, ``--model DIR`` and a model card's
+    atlas file given as relative paths (the card's relative to its folder) are made absolute
+    when the command line is read: every run is processed (the Nipype nodes, each in its own
+    folder, could not find them before)."""
+    import json
+
+    from bidsfm.models.registry import CARD, DEFAULT_MODEL, MODELS_DIR, list_models
+
+    if DEFAULT_MODEL not in list_models():
+        pytest.skip("bundled model not present")
+    case = make_case(tiny_ds, tmp_path)
+    (tmp_path / "in").mkdir()
+    shutil.copy(tiny_ds["runs"][0]["labels"], tmp_path / "in" / "tiny.nii.gz")
+    (tmp_path / "in" / "strategy.json").write_text(json.dumps(
+        {"motion": "basic", "wm_csf": "basic"}))
+    model = tmp_path / "in" / "model"
+    shutil.copytree(MODELS_DIR / DEFAULT_MODEL, model)
+    card = json.loads((model / CARD).read_text())
+    atlas_dir = Path(__file__).resolve().parents[1] / "bidsfm" / "data" / "atlases"
+    stem = f"tpl-{card['atlas']['template']}_atlas-{card['atlas']['name']}_dseg"
+    shutil.copy(atlas_dir / "CC200.nii.gz", model / f"{stem}.nii.gz")
+    shutil.copy(atlas_dir / "CC200.tsv", model / f"{stem}.tsv")
+    card["atlas"]["user_file"] = f"{stem}.nii.gz"
+    (model / CARD).write_text(json.dumps(card))
+    monkeypatch.chdir(tmp_path)
+    code, log = case.cli("--atlas", "tiny=in/tiny.nii.gz", "--denoise-strategy",
+                         "in/strategy.json", model="in/model", capsys=capsys)
+    assert code == 0, log
+    qc = {p.name: pd.read_csv(p, sep="\t", keep_default_na=False).iloc[0]
+          for p in case.out.rglob("sub-*_qc.tsv")}
+    assert len(qc) == 4 and {r["status"] for r in qc.values()} == {"ok"}, qc
+    assert {r.get("model_status") for r in qc.values() if "CC200" in r["atlas"]} == {"ok"}
+    assert len(list(case.out.rglob(f"*desc-{card['name']}*embedding.tsv"))) == 2
+
+
+def test_absolute_paths_of_the_command_line(tmp_path, monkeypatch):
+    """Every path option is made absolute; registry names and presets are kept."""
+    from bidsfm.cli import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.json").write_text("{}")
+    (tmp_path / "m").mkdir()
+    got = absolute_paths({
+        "atlas": ("CC200", "Schaefer400", "X=a/x.nii.gz", "b/y.nii.gz", "/abs/z.nii.gz"),
+        "strategy": "s.json", "model": "m", "heads": ("h", "NAME=g/h"),
+        "bids_filter_file": Path("f.json"), "bids_database_dir": Path("db"),
+        "participants_tsv": None, "use_plugin": None})
+    assert got["atlas"] == ("CC200", "Schaefer400", f"X={tmp_path}/a/x.nii.gz",
+                            f"{tmp_path}/b/y.nii.gz", "/abs/z.nii.gz")
+    assert got["strategy"] == f"{tmp_path}/s.json" and got["model"] == f"{tmp_path}/m"
+    assert got["heads"] == (f"{tmp_path}/h", f"NAME={tmp_path}/g/h")
+    assert got["bids_filter_file"] == tmp_path / "f.json"
+    assert got["bids_database_dir"] == tmp_path / "db"
+    for preset in ("simple", "scrubbing+gsr"):
+        assert absolute_paths({"strategy": preset})["strategy"] == preset
+    assert absolute_paths({"model": "auto"})["model"] == "auto"

@@ -447,6 +447,9 @@ def _read_model_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarr
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the model card ({type(exc).__name__})",
                           path=folder / CARD) from None
+    atlas = card.get("atlas") if isinstance(card, dict) else None
+    if isinstance(atlas, dict) and atlas.get("user_file"):  # relative to the card's folder
+        atlas["user_file"] = str(Path(folder).absolute() / Path(str(atlas["user_file"])))
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ConfigError("model weights are missing", path=weights,
