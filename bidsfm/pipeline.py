@@ -249,7 +249,12 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         message = (f"{run.bold}: internal error ({type(exc).__name__}: {exc}). Please report "
                    "this with the crash log")
     LOGGER.error("%s", message)
-    names = [a.name for a in atlases] if atlases else [str(s) for s in options.atlases]
+    if atlases:
+        names = [a.name for a in atlases]
+    else:  # never a raw spec in a file name (``X=../../x.nii.gz`` would escape the output)
+        from .atlases import atlas_label
+
+        names = [n for n in (atlas_label(s) for s in options.atlases) if n]
     out = []
     for name in names:
         paths = output_paths(run, name, output_dir)

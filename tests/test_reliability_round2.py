@@ -145,3 +145,24 @@ def test_absolute_paths_of_the_command_line(tmp_path, monkeypatch):
     for preset in ("simple", "scrubbing+gsr"):
         assert absolute_paths({"strategy": preset})["strategy"] == preset
     assert absolute_paths({"model": "auto"})["model"] == "auto"
+
+
+def test_failure_qc_named_by_atlas_label_never_escapes(tmp_path, tiny_ds, monkeypatch):
+    """A run whose atlas cannot be resolved gets a failure QC table named after the atlas
+    name, a BIDS label: the raw spec ``X=../../x.nii.gz`` wrote folders named after it and QC
+    files outside the output folder."""
+    from bidsfm.discovery import build_layout, collect_runs
+    from bidsfm.pipeline import ProcessingOptions, process_run
+
+    root = Path(tiny_ds["root"])
+    runs, _ = collect_runs(build_layout(root, ["03"], None), root, "03")
+    out = tmp_path / "a" / "b" / "out"
+    monkeypatch.chdir(tmp_path)
+    opts = ProcessingOptions(atlases=["X=../../x.nii.gz", "../y/Sch.nii.gz"], min_time=0)
+    results = process_run(runs[0], opts, out)
+    assert [(r.atlas, r.status) for r in results] == [("X", "error"), ("Sch", "error")]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(out in p.parents for p in written), written
+    names = sorted(p.name for p in written)
+    assert len(names) == 4 and all("=" not in n and ".." not in n for n in names), names
+    assert all("-X_" in n or "-Sch_" in n for n in names), names
