@@ -250,6 +250,9 @@ def run_group(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     if opts.get("heads"):
         LOGGER.warning("--heads is a participant-level option; ignored at the group level")
     output_dir = output_dir.absolute()
+    inputs = [bids_dir.absolute(), *(Path(p).absolute() for p in
+                                     _parse_derivatives(opts["derivatives"]).values())]
+    refuse_inside_input({"output": output_dir}, inputs)  # as the participant level does
     if output_dir.is_dir() and (output_dir / "dataset_description.json").is_file():
         check_output_dataset(output_dir)  # never write into another tool's dataset
     return run_group_level(bids_dir, output_dir,
@@ -323,6 +326,33 @@ def _setup_logging(verbose: int) -> None:
     LOGGER.setLevel(level)
 
 
+def refuse_inside_input(folders: dict[str, Path | None], inputs: list[Path]) -> None:
+    """Refuse a folder bidsfm writes to that is (or is inside) an input dataset.
+
+    Parameters
+    ----------
+    folders : dict
+        ``{"output": OUTPUT_DIR, "work": ..., "BIDS database": ...}``; None values are skipped.
+    inputs : list of Path
+        The input datasets (BIDS_DIR, the fMRIPrep derivatives).
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder and the input dataset it is in.
+    """
+    from .errors import ConfigError
+
+    for name, folder in folders.items():
+        if folder is None:
+            continue
+        for protected in dict.fromkeys(inputs):
+            if _inside(Path(folder), protected):
+                raise ConfigError(f"the {name} folder {folder} is inside the input dataset",
+                                  path=protected, remedy=f"Put the {name} folder outside the "
+                                  "input (inputs are often mounted read-only)")
+
+
 def _inside(child: Path, parent: Path) -> bool:
     try:
         child.resolve().relative_to(parent.resolve())
@@ -357,14 +387,8 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     output_dir = output_dir.absolute()
     opts = absolute_paths(opts)  # Nipype nodes run in their own folders
     fmriprep_dir = locate_fmriprep(bids_dir, _parse_derivatives(opts["derivatives"]))
-    for name, folder in (("output", output_dir), ("work", opts["work_dir"])):
-        if folder is None:
-            continue
-        for protected in {bids_dir, fmriprep_dir}:
-            if _inside(Path(folder), protected):
-                raise ConfigError(f"the {name} folder {folder} is inside the input dataset",
-                                  path=protected, remedy=f"Put the {name} folder outside the "
-                                  "input (inputs are often mounted read-only)")
+    refuse_inside_input({"output": output_dir, "work": opts["work_dir"],
+                         "BIDS database": opts["bids_database_dir"]}, [bids_dir, fmriprep_dir])
     work_dir = (opts["work_dir"] or Path.cwd() / "work").absolute()
     if _inside(work_dir, bids_dir) or _inside(work_dir, fmriprep_dir):
         raise ConfigError(f"the default work folder {work_dir} is inside the input dataset",

@@ -166,3 +166,34 @@ def test_failure_qc_named_by_atlas_label_never_escapes(tmp_path, tiny_ds, monkey
     names = sorted(p.name for p in written)
     assert len(names) == 4 and all("=" not in n and ".." not in n for n in names), names
     assert all("-X_" in n or "-Sch_" in n for n in names), names
+
+
+def test_group_level_into_the_input_refused(tmp_path, tiny_ds, capsys):
+    """``bidsfm DS DS group`` (OUTPUT_DIR = the input) is refused as the participant level
+    refuses it: it wrote ``group/``, ``group.html`` and ``logs/`` into the input dataset."""
+    from conftest import run_cli
+    from faultkit import error_lines, tree_state
+
+    case = make_case(tiny_ds, tmp_path)
+    before = tree_state(case.ds)
+    for out in (case.ds, case.ds / "derivatives" / "bidsfm"):
+        code, log = run_cli([case.ds, out, "group"], capsys)
+        assert code == 2, log
+        lines = error_lines(log)
+        assert len(lines) == 1 and "inside the input dataset" in lines[0], lines
+    assert tree_state(case.ds) == before
+
+
+def test_bids_database_dir_inside_input_refused(tmp_path, tiny_ds, capsys):
+    """``--bids-database-dir`` inside the input dataset is refused before anything is written
+    (an index and a symlink view were written into the input)."""
+    from faultkit import error_lines, tree_state
+
+    case = make_case(tiny_ds, tmp_path)
+    before = tree_state(case.ds)
+    code, log = case.cli("--bids-database-dir", case.ds / "code" / "db", capsys=capsys)
+    assert code == 2, log
+    lines = error_lines(log)
+    assert len(lines) == 1 and "BIDS database folder" in lines[0], lines
+    assert tree_state(case.ds) == before
+    assert not case.out.exists()
