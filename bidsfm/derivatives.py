@@ -8,6 +8,7 @@ one output folder (a SLURM array) never corrupt it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,21 +30,251 @@ def run_dir(output_dir: str | Path, entities: dict[str, str]) -> Path:
     return out / "func"
 
 
-def derivative_name(prefix: str, *, space: str | None = None, seg: str | None = None,
-                    stat: str | None = None, meas: str | None = None, desc: str | None = None,
+# ---------------------------------------------------------------------------------------------
+# Output names. Every file name bidsfm writes or reads is built here, so that the layout has one
+# owner. Names follow XCP-D (0.10+) wherever XCP-D writes the same thing: the BIDS 1.11 ``atlas-``
+# entity for the parcellation, ``stat-mean_timeseries``, ``stat-coverage_bold``,
+# ``stat-pearsoncorrelation_relmat`` (BEP017). Entities bidsfm adds after the run's own come in
+# this order: ``space``, ``atlas`` (BIDS entity order), then ``stat`` (BEP017/XCP-D), then
+# ``desc`` (always last in BIDS).
+# ---------------------------------------------------------------------------------------------
+
+#: tail of a file name after ``_atlas-<A>``, per per-run output
+RUN_OUTPUT_TAILS: dict[str, str] = {
+    "timeseries": "_stat-mean_timeseries.tsv",
+    "timeseries_json": "_stat-mean_timeseries.json",
+    "coverage": "_stat-coverage_bold.tsv",
+    "fc": "_stat-pearsoncorrelation_relmat.tsv",
+    "fc_json": "_stat-pearsoncorrelation_relmat.json",
+    "fcz": "_stat-pearsoncorrelation_desc-fisherz_relmat.tsv",
+    "fcz_json": "_stat-pearsoncorrelation_desc-fisherz_relmat.json",
+    "qc": "_qc.tsv",
+    "qc_json": "_qc.json",
+}
+#: tail after ``_atlas-<A>`` of a model output, ``{model}`` = the model name
+MODEL_OUTPUT_TAILS: dict[str, str] = {
+    "embedding": "_desc-{model}_embedding.tsv",
+    "embedding_json": "_desc-{model}_embedding.json",
+    "predictions": "_desc-{model}_predictions.tsv",
+    "attention": "_desc-{model}_attention.tsv",
+    "statmap": "_stat-attention_desc-{model}_statmap.nii.gz",
+    "statmap_json": "_stat-attention_desc-{model}_statmap.json",
+}
+#: tail of a run's figure in ``sub-X/figures/`` after ``<run>_space-<S>_atlas-<A>``
+FIGURE_TAIL = "_desc-{model}_attention.png"
+#: the entity naming the parcellation in output names (BIDS 1.11, XCP-D 0.10+)
+ATLAS_ENTITY = "atlas"
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+_MODEL_OUTPUT = re.compile(r"_desc-([A-Za-z0-9]+)_(embedding|predictions)\.tsv$")
+
+
+def derivative_name(prefix: str, *, space: str | None = None, atlas: str | None = None,
+                    stat: str | None = None, desc: str | None = None,
                     suffix: str, extension: str = ".tsv") -> str:
     """Build an output file name with entities in BIDS order.
 
     ``prefix`` holds the run entities (``sub-01_ses-1_task-rest_run-1``); the derivative
-    entities follow as ``space``, ``seg``, ``desc``, ``stat``, ``meas`` (the order of the
-    design's examples, e.g. ``_seg-CC200_desc-MODEL_stat-attention_statmap.nii.gz``).
+    entities follow as ``space``, ``atlas``, ``stat``, ``desc``, e.g.
+    ``sub-01_task-rest_space-MNI152NLin2009cAsym_atlas-CC200_stat-mean_timeseries.tsv``.
+
+    Raises
+    ------
+    ValueError
+        If an entity value is not a BIDS label (letters and digits only).
     """
     parts = [prefix]
-    for key, value in (("space", space), ("seg", seg), ("desc", desc), ("stat", stat),
-                       ("meas", meas)):
+    for key, value in (("space", space), (ATLAS_ENTITY, atlas), ("stat", stat),
+                       ("desc", desc)):
         if value:
+            if not _LABEL.fullmatch(value):
+                raise ValueError(f"{key}-{value!r} is not a BIDS label (letters and digits)")
             parts.append(f"{key}-{value}")
     return "_".join(parts) + f"_{suffix}{extension}"
+
+
+def _run_base(run: Any, atlas: str, output_dir: str | Path) -> Path:
+    """``<func folder>/<run>_space-<S>_atlas-<A>``: what every per-run output name starts with."""
+    if not _LABEL.fullmatch(atlas):
+        raise ValueError(f"atlas name {atlas!r} is not a BIDS label (letters and digits)")
+    head = derivative_name(run.prefix, space=run.space, atlas=atlas, suffix="x", extension="")
+    return run_dir(output_dir, run.entities) / head[: -len("_x")]
+
+
+def run_output_paths(run: Any, atlas: str, output_dir: str | Path) -> dict[str, Path]:
+    """Paths of every derivative of a run for one atlas (keys of :data:`RUN_OUTPUT_TAILS`).
+
+    ``run`` is a :class:`bidsfm.discovery.BoldRun` (``prefix``, ``space``, ``entities``).
+    """
+    base = _run_base(run, atlas, output_dir)
+    return {key: base.with_name(base.name + tail) for key, tail in RUN_OUTPUT_TAILS.items()}
+
+
+def model_output_paths(run: Any, model: str, atlas: str, output_dir: str | Path
+                       ) -> dict[str, Path]:
+    """Paths of a run's model derivatives (keys of :data:`MODEL_OUTPUT_TAILS`)."""
+    if not _LABEL.fullmatch(model):
+        raise ValueError(f"model name {model!r} is not a BIDS label (letters and digits)")
+    base = _run_base(run, atlas, output_dir)
+    return {key: base.with_name(base.name + tail.format(model=model))
+            for key, tail in MODEL_OUTPUT_TAILS.items()}
+
+
+def figure_path(run: Any, model: str, atlas: str, output_dir: str | Path) -> Path:
+    """``sub-X/figures/<run>_space-<S>_atlas-<A>_desc-<MODEL>_attention.png``."""
+    base = _run_base(run, atlas, output_dir)
+    return (Path(output_dir) / f"sub-{run.entities['subject']}" / "figures"
+            / (base.name + FIGURE_TAIL.format(model=model)))
+
+
+def sibling_output(path: str | Path, kind: str) -> Path:
+    """The output of kind ``kind`` (a :data:`RUN_OUTPUT_TAILS` key) of the same run and atlas.
+
+    ``path`` is any per-run output (or model output) of bidsfm; e.g. the time series beside a
+    connectivity matrix: ``sibling_output(fc_path, "timeseries")``.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not named as a bidsfm per-run output.
+    """
+    path = Path(path)
+    base = output_base(path.name)
+    if base is None:
+        raise ValueError(f"{path.name} is not a bidsfm per-run output name")
+    return path.with_name(base + RUN_OUTPUT_TAILS[kind])
+
+
+def output_glob(kind: str, atlas: str = "*") -> str:
+    """Glob pattern of a per-run output kind (:data:`RUN_OUTPUT_TAILS`) for one or every atlas,
+    e.g. ``*_atlas-CC200_stat-mean_timeseries.tsv``."""
+    return f"*_{ATLAS_ENTITY}-{atlas}{RUN_OUTPUT_TAILS[kind]}"
+
+
+def output_base(name: str) -> str | None:
+    """The ``<run>_space-<S>_atlas-<A>`` part of a per-run output name (None if it is not one)."""
+    key = f"_{ATLAS_ENTITY}-"
+    at = name.find(key)
+    if at < 0:
+        return None
+    end = name.find("_", at + len(key))
+    return name[:end] if end > 0 else None
+
+
+def parse_name(name: str) -> tuple[dict[str, str], str]:
+    """Entities (``{"sub": "01", "task": "rest", "atlas": "CC200", ...}``) and suffix of a name."""
+    stem = name.split(".", 1)[0]
+    parts = stem.split("_")
+    ents = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if sep:
+            ents[key] = value
+    return ents, parts[-1]
+
+
+def match_model_output(name: str) -> tuple[str, str, str] | None:
+    """``(model, kind, base)`` of an embedding or predictions file name, else None."""
+    m = _MODEL_OUTPUT.search(name)
+    if not m:
+        return None
+    return m.group(1), m.group(2), name[: m.start()]
+
+
+def group_table_name(kind: str, *, model: str | None = None, atlas: str | None = None) -> str:
+    """File name of a group-level table in ``OUTPUT_DIR/group/``.
+
+    ``kind`` is ``runs_qc``, ``exclusions``, ``runs_embedding``, ``subjects_embedding``,
+    ``runs_predictions`` (these three with ``model``) or ``qcfc`` / ``qcfc_json`` (with
+    ``atlas``).
+    """
+    if kind in ("runs_embedding", "subjects_embedding", "runs_predictions"):
+        what, suffix = kind.split("_")
+        return f"group_desc-{model}_{what}_{suffix}.tsv"
+    if kind in ("qcfc", "qcfc_json"):
+        return f"group_{ATLAS_ENTITY}-{atlas}_qcfc" + (".json" if kind == "qcfc_json" else ".tsv")
+    if kind in ("runs_qc", "exclusions"):
+        return f"group_{kind}.tsv"
+    raise ValueError(f"unknown group table {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers of bidsfm's own outputs (one place, used by the model stage, the group level, the
+# reports and the tools).
+# ---------------------------------------------------------------------------------------------
+
+def read_relmat(path: str | Path, roi_names: Sequence[str] | None = None
+                ) -> tuple[list[str], np.ndarray]:
+    """Read a ``*_relmat.tsv``: ROI names and the (R, R) matrix (``n/a`` = NaN).
+
+    The first column (``Node``) holds the row names and the header the column names, as XCP-D
+    writes them. With ``roi_names`` the columns must be exactly those names in that order.
+
+    Raises
+    ------
+    InputDataError
+        If the file cannot be read, is not square, its row and column names differ, or its
+        columns are not ``roi_names``.
+    """
+    import pandas as pd
+
+    from .errors import InputDataError
+
+    try:
+        frame = pd.read_csv(path, sep="\t", index_col=0, na_values=["n/a"],
+                            keep_default_na=False)
+        mat = frame.to_numpy(dtype=np.float64)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"connectivity matrix cannot be read ({exc})", path=path) from exc
+    names = [str(c) for c in frame.columns]
+    if mat.shape[0] != mat.shape[1] or [str(i) for i in frame.index] != names:
+        raise InputDataError(f"connectivity matrix is {mat.shape[0]}x{mat.shape[1]} with row "
+                             "names that are not its column names; expected a square relmat "
+                             "with a Node column", path=path,
+                             remedy="Rerun the participant level for this run")
+    if roi_names is not None and names != list(roi_names):
+        raise InputDataError(
+            "connectivity columns are not the expected ROIs in the expected order "
+            f"({len(names)} columns, {len(roi_names)} ROIs expected)", path=path,
+            remedy="Rerun the participant level for this run with the model's atlas")
+    return names, mat
+
+
+def read_timeseries(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Read a ``*_stat-mean_timeseries.tsv``: ROI names and the (T, R) array (``n/a`` = NaN)."""
+    import pandas as pd
+
+    from .errors import InputDataError
+
+    try:
+        frame = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+        return [str(c) for c in frame.columns], frame.to_numpy(dtype=np.float64)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"time series cannot be read ({exc})", path=path) from exc
+
+
+def read_coverage(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Read a ``*_stat-coverage_bold.tsv`` (XCP-D layout: ``Node``, ``coverage`` rows)."""
+    import pandas as pd
+
+    from .errors import InputDataError
+
+    try:
+        frame = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+        names = [str(v) for v in frame["Node"]]
+        return names, frame["coverage"].to_numpy(dtype=np.float64)
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"coverage table cannot be read ({exc})", path=path) from exc
+
+
+def write_coverage(path: str | Path, names: Sequence[str], coverage: np.ndarray) -> Path:
+    """Write per-ROI coverage as XCP-D does: one row per ROI, columns ``Node`` and ``coverage``."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"Node": list(names),
+                          "coverage": np.asarray(coverage, dtype=np.float64)})
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.8g")
+    return Path(path)
 
 
 def write_tsv_atomic(path: str | Path, data: np.ndarray, columns: Sequence[str], *,

@@ -8,7 +8,7 @@ model's atlas), encoded in one batch (CPU or GPU), and for each run bidsfm write
 - ``*_desc-<MODEL>_predictions.tsv``: one row per head (``head``, ``value``, ``probability``);
 - ``*_desc-<MODEL>_attention.tsv``: one row per ROI (``name``), one column per head
   (integrated-gradients attribution, see :mod:`bidsfm.models.attention`);
-- ``*_desc-<MODEL>_stat-attention_statmap.nii.gz`` (+ .json): the same scores painted on the
+- ``*_stat-attention_desc-<MODEL>_statmap.nii.gz`` (+ .json): the same scores painted on the
   run's grid, one volume per head;
 - ``sub-X/figures/*_desc-<MODEL>_attention.png``: glass-brain views of the statmap.
 
@@ -37,30 +37,17 @@ LOGGER = logging.getLogger("bidsfm.encode")
 
 def model_paths(run: BoldRun, model_name: str, atlas: str, output_dir: str | Path
                 ) -> dict[str, Path]:
-    """Paths of a run's model derivatives."""
-    from .derivatives import derivative_name, run_dir
+    """Paths of a run's model derivatives (see :mod:`bidsfm.derivatives`)."""
+    from .derivatives import model_output_paths
 
-    folder = run_dir(output_dir, run.entities)
-
-    def p(suffix: str, ext: str = ".tsv", **k: Any) -> Path:
-        return folder / derivative_name(run.prefix, space=run.space, seg=atlas, desc=model_name,
-                                        suffix=suffix, extension=ext, **k)
-
-    return {"embedding": p("embedding"), "embedding_json": p("embedding", ".json"),
-            "predictions": p("predictions"), "attention": p("attention"),
-            "statmap": p("statmap", ".nii.gz", stat="attention"),
-            "statmap_json": p("statmap", ".json", stat="attention")}
+    return model_output_paths(run, model_name, atlas, output_dir)
 
 
-def _read_fc(path: Path, roi_names: list[str]) -> np.ndarray:
-    import pandas as pd
+def read_fc(path: Path, roi_names: list[str]) -> np.ndarray:
+    """A run's FC matrix in the model's ROI order, float32 (``n/a`` = NaN)."""
+    from .derivatives import read_relmat
 
-    frame = pd.read_csv(path, sep="\t", index_col=0, na_values="n/a")
-    if list(frame.columns) != roi_names:
-        from .errors import InputDataError
-
-        raise InputDataError("FC columns do not match the model's ROI order", path=path)
-    return frame.to_numpy(dtype=np.float32)
+    return read_relmat(path, roi_names)[1].astype(np.float32)
 
 
 #: share of the model's ROIs that must carry signal when the card states none
@@ -95,7 +82,7 @@ def _refuse_without_signal(todo: list, model, names: list[str], results: list
                                                  DEFAULT_MIN_VALID_ROI_FRACTION))
     keep, fcs = [], []
     for item in todo:
-        fc = _read_fc(item[2], names)
+        fc = read_fc(item[2], names)
         frac = usable_roi_fraction(fc)
         if frac < need:
             reason = (f"only {frac:.0%} of the model's {len(names)} ROIs carry signal (no "
@@ -353,13 +340,11 @@ def _write_figure(statmap, heads: list[str], run: BoldRun, model_name: str, atla
     import matplotlib.pyplot as plt
     from nilearn import image, plotting
 
-    from .derivatives import derivative_name
+    from .derivatives import figure_path
     from .utils import remove_stale_temps
 
-    folder = Path(output_dir) / f"sub-{run.entities['subject']}" / "figures"
-    remove_stale_temps(folder, run.prefix)
-    path = folder / derivative_name(run.prefix, space=run.space, seg=atlas,
-                                    desc=model_name, suffix="attention", extension=".png")
+    path = figure_path(run, model_name, atlas, output_dir)
+    remove_stale_temps(path.parent, run.prefix)
     fig, axes = plt.subplots(len(heads), 1, figsize=(9, 2.6 * len(heads)), squeeze=False)
     for k, head in enumerate(heads):
         vol = image.index_img(statmap, k)

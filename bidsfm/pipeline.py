@@ -127,25 +127,10 @@ def parameters_hash(run: BoldRun, atlas_ids: list[str], options: ProcessingOptio
 
 
 def output_paths(run: BoldRun, atlas_name: str, output_dir: str | Path) -> dict[str, Path]:
-    """Paths of every derivative of a run for one atlas."""
-    from .derivatives import derivative_name, run_dir
+    """Paths of every derivative of a run for one atlas (see :mod:`bidsfm.derivatives`)."""
+    from .derivatives import run_output_paths
 
-    folder = run_dir(output_dir, run.entities)
-    kw = {"space": run.space, "seg": atlas_name}
-
-    def p(**k: Any) -> Path:
-        return folder / derivative_name(run.prefix, **kw, **k)
-
-    return {
-        "timeseries": p(stat="mean", suffix="timeseries"),
-        "timeseries_json": p(stat="mean", suffix="timeseries", extension=".json"),
-        "coverage": p(stat="coverage", suffix="bold"),
-        "fc": p(meas="PearsonCorrelation", suffix="relmat"),
-        "fc_json": p(meas="PearsonCorrelation", suffix="relmat", extension=".json"),
-        "fcz": p(meas="PearsonCorrelation", desc="fisherz", suffix="relmat"),
-        "qc": p(suffix="qc"),
-        "qc_json": p(suffix="qc", extension=".json"),
-    }
+    return run_output_paths(run, atlas_name, output_dir)
 
 
 def is_complete(paths: dict[str, Path], params_hash: str) -> bool:
@@ -417,7 +402,7 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
         computed.append((atlas, proj, info, raw, cleaned, coverage, low, residual))
 
     from .connectivity import fisher_z, pearson_fc
-    from .derivatives import write_tsv_atomic
+    from .derivatives import write_coverage, write_tsv_atomic
 
     for atlas, _proj, info, raw, cleaned, coverage, low, residual in computed:
         paths = all_paths[atlas.name]
@@ -445,14 +430,21 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
         }
         write_tsv_atomic(paths["timeseries"], cleaned, names)
         write_json_atomic(paths["timeseries_json"], ts_meta)
-        write_tsv_atomic(paths["coverage"], coverage[None, :], names)
+        write_coverage(paths["coverage"], names, coverage)
         write_tsv_atomic(paths["fc"], fc, names, index=names)
         write_tsv_atomic(paths["fcz"], fisher_z(fc), names, index=names)
+        ts_uri = bids_uri("", paths["timeseries"].relative_to(output_dir).as_posix())
+        relmat_meta = {  # BEP017 relationship-matrix keys, as XCP-D writes them
+            "Weighted": True, "Directed": False, "ValidDiagonal": False,
+            "StorageFormat": "Full", "NodeFile": paths["timeseries"].name,
+            "NumberOfVolumesUsed": int(len(retained)), "Atlas": atlas_meta,
+            "Sources": [ts_uri]}
         write_json_atomic(paths["fc_json"], {
-            **meta_common, "Measure": "Pearson correlation",
-            "FisherZ": paths["fcz"].name, "Atlas": atlas_meta,
-            "Sources": [bids_uri("", paths["timeseries"].relative_to(output_dir).as_posix())],
-        })
+            **meta_common, "RelationshipMeasure": "Pearson correlation coefficient",
+            **relmat_meta, "FisherZ": paths["fcz"].name})
+        write_json_atomic(paths["fcz_json"], {
+            **meta_common, "RelationshipMeasure": "Fisher z-transformed Pearson correlation "
+            "coefficient (arctanh(r))", **relmat_meta})
         row = _qc_row(status="ok", atlas=atlas.name, mean_dvars_before=before,
                       mean_dvars_after=after, n_rois=len(names),
                       n_rois_low_coverage=int(low.sum()),

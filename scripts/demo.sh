@@ -29,7 +29,7 @@ find "$DEMO/bidsfm" -name '*_timeseries.tsv' | sort | sed 's/^/  /' | head -20
 echo "Each run has: *_stat-mean_timeseries.tsv(.json), *_stat-coverage_bold.tsv,"
 echo "  *_meas-PearsonCorrelation_relmat.tsv (+ desc-fisherz), *_qc.tsv(.json),"
 echo "  and from the bundled model: *_desc-bidsfmfc_{embedding,predictions,attention}.tsv,"
-echo "  *_desc-bidsfmfc_stat-attention_statmap.nii.gz. See docs/outputs.md and docs/models.md."
+echo "  *_stat-attention_desc-bidsfmfc_statmap.nii.gz. See docs/outputs.md and docs/models.md."
 pred=$(find "$DEMO/bidsfm" -path '*/func/*' -name '*_predictions.tsv' | sort | head -1)
 if [ -n "$pred" ]; then echo "Example predictions ($(basename "$pred")):"; sed 's/^/  /' "$pred"; fi
 echo "Reports (open in a browser, work offline):"

@@ -340,7 +340,7 @@ def test_participant_level_with_a_time_series_model(tmp_path, tiny_ds, cc200_ts_
     ts_path = str(embs[0]).replace("_desc-tinyts_embedding.tsv", "_stat-mean_timeseries.tsv")
     meta = json.loads(Path(ts_path.replace(".tsv", ".json")).read_text())
     prepared, skipped = model.read_inputs([ts_path.replace(
-        "_stat-mean_timeseries.tsv", "_meas-PearsonCorrelation_relmat.tsv")])
+        "_stat-mean_timeseries.tsv", "_stat-pearsoncorrelation_relmat.tsv")])
     assert not skipped and meta["RepetitionTime"] > 0
     assert np.allclose(model.encode(prepared)[0], emb.to_numpy()[0], atol=1e-4)
 

@@ -36,8 +36,8 @@ def test_model_outputs_for_every_run(encoded, tiny_ds):
                    "statmap.nii.gz", "statmap.json"):
         assert len(_files(out, f"*_desc-{DEFAULT_MODEL}*_{suffix}")) == n_runs, suffix
     name = _files(out, "*_attention.tsv")[0].name
-    assert "_seg-CC200_desc-bidsfmfc_attention.tsv" in name
-    assert "_desc-bidsfmfc_stat-attention_statmap.nii.gz" in _files(out, "*statmap.nii.gz")[0].name
+    assert "_atlas-CC200_desc-bidsfmfc_attention.tsv" in name
+    assert "_stat-attention_desc-bidsfmfc_statmap.nii.gz" in _files(out, "*statmap.nii.gz")[0].name
 
 
 def test_prediction_and_embedding_contents(encoded):
@@ -64,12 +64,13 @@ def test_low_coverage_rois_have_no_attention(encoded):
     att = pd.read_csv(run, sep="\t", index_col=0, na_values="n/a").T  # rows: ROIs -> heads
     assert list(att.index) == ["diagnosis", "sex", "age"]
     cov = pd.read_csv(str(run).replace("_desc-bidsfmfc_attention.tsv", "_stat-coverage_bold.tsv"),
-                      sep="\t").iloc[0]
+                      sep="\t", index_col="Node")["coverage"]
     low = cov.index[cov < 0.5]
     assert len(low) > 0
     assert att[low].isna().all().all()
     assert att.drop(columns=low).notna().all().all()
-    stat = nib.load(str(run).replace("_attention.tsv", "_stat-attention_statmap.nii.gz"))
+    stat = nib.load(str(run).replace("_desc-bidsfmfc_attention.tsv",
+                                    "_stat-attention_desc-bidsfmfc_statmap.nii.gz"))
     assert stat.shape[3] == 3 and np.isfinite(stat.get_fdata()).all()
 
 

@@ -95,7 +95,7 @@ def test_cli_npy_and_relmat(tmp_path, capsys):
     names = [f"R{i}" for i in range(60)]
     for i in range(2):
         pd.DataFrame(fc, index=names, columns=names).rename_axis("name").to_csv(
-            tmp_path / f"sub-0{i}_seg-X_meas-PearsonCorrelation_relmat.tsv", sep="\t",
+            tmp_path / f"sub-0{i}_atlas-X_stat-pearsoncorrelation_relmat.tsv", sep="\t",
             na_rep="n/a")
     assert main([str(tmp_path / "out2.tsv"), "--relmat-dir", str(tmp_path), "--atlas", "X",
                  "--n-components", "4"]) == 0

@@ -15,7 +15,7 @@ from conftest import run_cli
 GROUP_FILES = ("group_runs_qc.tsv", "group_desc-bidsfmfc_runs_embedding.tsv",
                "group_desc-bidsfmfc_runs_predictions.tsv",
                "group_desc-bidsfmfc_subjects_embedding.tsv", "group_exclusions.tsv",
-               "group_seg-CC200_qcfc.tsv", "group_seg-CC200_qcfc.json", "group.json")
+               "group_atlas-CC200_qcfc.tsv", "group_atlas-CC200_qcfc.json", "group.json")
 TARGET_FILES = ("predictions.tsv", "metrics.tsv", "metrics.json", "attention.tsv",
                 "head/weights.safetensors", "head/card.json")
 
@@ -115,7 +115,7 @@ def test_target_outputs(cohort):
     roi = pd.read_csv(cohort["out"] / "group" / "normative" / "roi_contributions.tsv", sep="\t")
     assert roi.shape == (5, 201)
     np.testing.assert_allclose(roi.iloc[:, 1:].sum(axis=1), dev["score"], rtol=1e-4)
-    qcfc = json.loads((cohort["out"] / "group" / "group_seg-CC200_qcfc.json").read_text())
+    qcfc = json.loads((cohort["out"] / "group" / "group_atlas-CC200_qcfc.json").read_text())
     assert qcfc["n_participants"] == 5 and 0 <= qcfc["fraction_p05"] <= 1
 
 

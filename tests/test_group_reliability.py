@@ -304,15 +304,15 @@ def test_atlas_no_longer_requested_is_not_collected(tmp_path, session_env):
     for i in range(1, 7):
         for run in (1, 2):
             _write_run(out, f"{i:02d}", run, ["CC200"], rng)
-    for side in out.rglob("*seg-CC200*_qc.json"):
+    for side in out.rglob("*atlas-CC200*_qc.json"):
         os.utime(side, (later, later))
     code, _ = _group(tmp_path, out, "--participants-tsv", table)
     assert code == 0
     g = out / "group"
     qc = pd.read_csv(g / "group_runs_qc.tsv", sep="\t")
     assert set(qc["atlas"]) == {"CC200"} and len(qc) == 12
-    assert (g / "group_seg-CC200_qcfc.tsv").is_file()
-    assert not (g / "group_seg-Extra_qcfc.tsv").exists()
+    assert (g / "group_atlas-CC200_qcfc.tsv").is_file()
+    assert not (g / "group_atlas-Extra_qcfc.tsv").exists()
     excl = pd.read_csv(g / "group_exclusions.tsv", sep="\t")
     stale = excl[excl["status"] == "stale"]
     assert len(stale) == 12 and set(stale["atlas"]) == {"Extra"}
@@ -324,7 +324,7 @@ def test_two_atlases_of_one_call_are_both_collected(tmp_path, session_env):
     assert _group(tmp_path, out, "--participants-tsv", table)[0] == 0
     qc = pd.read_csv(out / "group" / "group_runs_qc.tsv", sep="\t")
     assert set(qc["atlas"]) == {"CC200", "Extra"} and len(qc) == 24
-    assert (out / "group" / "group_seg-Extra_qcfc.tsv").is_file()
+    assert (out / "group" / "group_atlas-Extra_qcfc.tsv").is_file()
 
 
 # -- 5. strict JSON -------------------------------------------------------------------------

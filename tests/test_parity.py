@@ -63,7 +63,7 @@ def test_timeseries_and_fc_match_nilearn(tmp_path, tiny_ds, subject, which, stra
     assert res.status == "ok", res.reason
     paths = output_paths(run, "CC200", out)
     ours = pd.read_csv(paths["timeseries"], sep="\t", na_values="n/a")
-    coverage = pd.read_csv(paths["coverage"], sep="\t").iloc[0].to_numpy()
+    coverage = pd.read_csv(paths["coverage"], sep="\t")["coverage"].to_numpy()
 
     # reference: nilearn on the same atlas grid, without the ROIs we mark n/a
     atlas = resolve_atlas("CC200", space=run.space)

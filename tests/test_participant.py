@@ -11,9 +11,10 @@ import pytest
 from conftest import clone_dataset, run_cli
 
 SUFFIXES = ("_stat-mean_timeseries.tsv", "_stat-mean_timeseries.json",
-            "_stat-coverage_bold.tsv", "_meas-PearsonCorrelation_relmat.tsv",
-            "_meas-PearsonCorrelation_relmat.json",
-            "_desc-fisherz_meas-PearsonCorrelation_relmat.tsv", "_qc.tsv", "_qc.json")
+            "_stat-coverage_bold.tsv", "_stat-pearsoncorrelation_relmat.tsv",
+            "_stat-pearsoncorrelation_relmat.json",
+            "_stat-pearsoncorrelation_desc-fisherz_relmat.tsv",
+                "_stat-pearsoncorrelation_desc-fisherz_relmat.json", "_qc.tsv", "_qc.json")
 
 
 def _expected(run: dict, out: Path, atlas: str = "CC200") -> list[Path]:
@@ -26,7 +27,7 @@ def _expected(run: dict, out: Path, atlas: str = "CC200") -> list[Path]:
     folder = out / f"sub-{run['subject']}"
     if run["session"]:
         folder = folder / f"ses-{run['session']}"
-    stem = "_".join(parts) + f"_space-MNI152NLin2009cAsym_seg-{atlas}"
+    stem = "_".join(parts) + f"_space-MNI152NLin2009cAsym_atlas-{atlas}"
     return [folder / "func" / (stem + s) for s in SUFFIXES]
 
 
@@ -71,13 +72,13 @@ def test_output_contents(full_run, tiny_ds):
 def test_low_coverage_rois_are_na(full_run, tiny_ds):
     run = next(r for r in tiny_ds["runs"] if r["subject"] == "02")
     paths = _expected(run, full_run["out"])
-    cov = pd.read_csv(paths[2], sep="\t").iloc[0]
+    cov = pd.read_csv(paths[2], sep="\t", index_col="Node")["coverage"]  # XCP-D's layout
     ts = pd.read_csv(paths[0], sep="\t", na_values="n/a")
     low = cov.index[cov < 0.5]
     assert len(low) > 0  # sub-02's field of view is cut
     assert ts[low].isna().all().all()
     assert ts.drop(columns=low).notna().all().all()
-    qc = pd.read_csv(paths[6], sep="\t")
+    qc = pd.read_csv(next(p for p in paths if p.name.endswith("_qc.tsv")), sep="\t")
     assert qc.loc[0, "n_rois_low_coverage"] == len(low)
 
 
@@ -158,7 +159,7 @@ def test_atlas_not_available_offline(tmp_path, tiny_ds, capsys):
     assert code == 1
     lines = [ln for ln in log.splitlines() if "Schaefer" in ln and "ERROR" in ln]
     assert len(lines) == 1 and "TEMPLATEFLOW_HOME" in lines[0]
-    assert len(list(out.rglob("*seg-CC200_stat-mean_timeseries.tsv"))) == 2
+    assert len(list(out.rglob("*atlas-CC200_stat-mean_timeseries.tsv"))) == 2
 
 
 def test_no_atlas_at_all(tmp_path, tiny_ds, capsys, monkeypatch):

@@ -222,9 +222,9 @@ def test_load_timeseries_bidsfm(tmp_path):
         stem = f"sub-{sub}_task-rest_space-MNI152NLin6Asym"
         header = "\t".join(names)
         rows = ["\t".join("n/a" if np.isnan(v) else f"{v:.6f}" for v in row) for row in data]
-        (func / f"{stem}_seg-CC200_stat-mean_timeseries.tsv").write_text(
+        (func / f"{stem}_atlas-CC200_stat-mean_timeseries.tsv").write_text(
             header + "\n" + "\n".join(rows) + "\n")
-        (func / f"{stem}_seg-Other_stat-mean_timeseries.tsv").write_text(header + "\n")
+        (func / f"{stem}_atlas-Other_stat-mean_timeseries.tsv").write_text(header + "\n")
         written[stem] = data
     items = load_timeseries_bidsfm(tmp_path, atlas="CC200")
     assert [n for n, _ in items] == sorted(written)
@@ -232,7 +232,7 @@ def test_load_timeseries_bidsfm(tmp_path):
         assert arr.dtype == np.float32 and arr.shape == (12, 5)
         np.testing.assert_allclose(arr, written[name], atol=1e-5)
     assert np.isnan(items[1][1][:, 2]).all()
-    with pytest.raises(InputDataError, match="no \\*_seg-Missing"):
+    with pytest.raises(InputDataError, match="no \\*_atlas-Missing"):
         load_timeseries_bidsfm(tmp_path, atlas="Missing")
 
 

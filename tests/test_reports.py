@@ -186,11 +186,11 @@ def make_group_outputs(out: Path, n: int = 30, n_rois: int = 20, seed: int = 0) 
          "reason": "<script>alert('x')</script> & bad"}]))
     iu = np.triu_indices(200, 1)
     r = np.tanh(rng.normal(0.05, 0.1, iu[0].size))
-    _write_tsv(group / "group_seg-CC200_qcfc.tsv", pd.DataFrame({
+    _write_tsv(group / "group_atlas-CC200_qcfc.tsv", pd.DataFrame({
         "roi_a": [f"CC200_{a + 1:03d}" for a in iu[0]],
         "roi_b": [f"CC200_{b + 1:03d}" for b in iu[1]], "r": r,
         "p": rng.uniform(0, 1, r.size)}))
-    (group / "group_seg-CC200_qcfc.json").write_text(json.dumps({
+    (group / "group_atlas-CC200_qcfc.json").write_text(json.dumps({
         "n_participants": n, "median_abs_r": float(np.median(np.abs(r))),
         "fraction_p05": 0.07, "method": "Pearson correlation of edge FC with mean FD"}))
     # one classification target, one continuous target
@@ -309,7 +309,7 @@ def test_subject_report_missing_pieces(participant_out, tmp_path):
                                                                           index=False)
     (next(ses2.glob("*_stat-coverage_bold.tsv"))).write_bytes(b"\x00\xff garbage")
     # an interrupted run: time series written, QC table not yet
-    extra = func / "sub-01_ses-1_task-rest_run-3_space-MNI152NLin2009cAsym_seg-CC200"
+    extra = func / "sub-01_ses-1_task-rest_run-3_space-MNI152NLin2009cAsym_atlas-CC200"
     shutil.copy(next(func.glob("*run-1*_stat-mean_timeseries.tsv")),
                 str(extra) + "_stat-mean_timeseries.tsv")
     text = write_subject_report(out, "01").read_text(encoding="utf-8")
@@ -356,7 +356,7 @@ def test_group_report_omits_missing_parts(group_out, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(group_out, out)
     shutil.rmtree(out / "group" / "normative")
-    for f in (out / "group").glob("group_seg-*_qcfc.*"):
+    for f in (out / "group").glob("group_atlas-*_qcfc.*"):
         f.unlink()
     (out / "group" / "target-diagnosis" / "metrics.tsv").unlink()
     (out / "group" / "group.json").write_text("{not json")

@@ -122,7 +122,7 @@ def test_submit_cohort_on_real_slurm(slurm, tmp_path, session_env, shared_data):
 
     for sub, bolds in runs.items():
         for suffix in ("_stat-mean_timeseries.tsv",
-                       "_seg-CC200_meas-PearsonCorrelation_relmat.tsv",
+                       "_atlas-CC200_stat-pearsoncorrelation_relmat.tsv",
                        "_qc.tsv"):
             got = sorted((out / f"sub-{sub}").rglob(f"*{suffix}"))
             assert len(got) == len(bolds), (sub, suffix, log_text)

@@ -52,7 +52,7 @@ def head_attention(model, head: LinearHead, fc_by_participant: dict[str, list[Pa
         means, with one ``attention_<class>`` column per class) and ``attention_abs`` (mean
         absolute attribution), ``n_participants``, ``n_runs``.
     """
-    from ..encode import _read_fc
+    from ..derivatives import read_relmat
 
     names = model.roi_names
     if head.kind == MULTICLASS:
@@ -62,7 +62,7 @@ def head_attention(model, head: LinearHead, fc_by_participant: dict[str, list[Pa
     per_head = {key: [] for key in heads}
     n_runs = 0
     for _pid, paths in sorted(fc_by_participant.items()):
-        fcs = np.stack([_read_fc(p, names) for p in paths])
+        fcs = np.stack([read_relmat(p, names)[1].astype(np.float32) for p in paths])
         n_runs += len(paths)
         for key, h in heads.items():
             tmp = dataclasses.replace(model, heads={"_group": dataclasses.replace(h,

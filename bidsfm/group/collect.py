@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..derivatives import (
+    ATLAS_ENTITY,
+    RUN_OUTPUT_TAILS,
+    match_model_output,
+    output_base,
+    parse_name,
+)
 
 #: run entities in BIDS order, as group-table columns
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
@@ -23,20 +30,8 @@ _COLUMN = {"sub": "participant_id", "ses": "session_id", "task": "task", "acq": 
            "ce": "ce", "rec": "rec", "dir": "dir", "run": "run", "echo": "echo", "part": "part"}
 #: columns always present (``n/a`` when a run has no such entity)
 BASE_ENTITY_COLUMNS = ("participant_id", "session_id", "task", "run")
-_MODEL_FILE = re.compile(r"_desc-([A-Za-z0-9]+)_(embedding|predictions)\.tsv$")
-FC_SUFFIX = "_meas-PearsonCorrelation_relmat.tsv"
-
-
-def parse_name(name: str) -> tuple[dict[str, str], str]:
-    """Entities (``{"sub": "01", "task": "rest", ...}``) and suffix of a BIDS file name."""
-    stem = name.split(".", 1)[0]
-    parts = stem.split("_")
-    ents = {}
-    for part in parts[:-1]:
-        key, sep, value = part.partition("-")
-        if sep:
-            ents[key] = value
-    return ents, parts[-1]
+FC_SUFFIX = RUN_OUTPUT_TAILS["fc"]
+QC_SUFFIX = RUN_OUTPUT_TAILS["qc"]
 
 
 def entity_columns(ents: dict[str, str]) -> dict[str, str]:
@@ -145,22 +140,22 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
                 names = sorted(e.name for e in it if e.is_file() and not e.name.startswith("."))
             for name in names:
                 path = func / name
-                if name.endswith("_qc.tsv"):
+                key = output_base(name)
+                if key is None:
+                    continue
+                if name == key + QC_SUFFIX:
                     ents, _ = parse_name(name)
-                    atlas = ents.get("seg", "n/a")
-                    key = name[: -len("_qc.tsv")]
-                    run_key = key.replace(f"_seg-{atlas}", "")
+                    atlas = ents.get(ATLAS_ENTITY, "n/a")
+                    run_key = key.replace(f"_{ATLAS_ENTITY}-{atlas}", "")
                     qc_files.setdefault(run_key, []).append((atlas, path, key, ents))
-                elif name.endswith(FC_SUFFIX) and "_desc-" not in name:
+                elif name == key + FC_SUFFIX:
                     ents, _ = parse_name(name)
-                    fc_files.setdefault(ents.get("seg", "n/a"), []).append(
-                        (name[: -len(FC_SUFFIX)], path))
+                    fc_files.setdefault(ents.get(ATLAS_ENTITY, "n/a"), []).append((key, path))
                 else:
-                    m = _MODEL_FILE.search(name)
-                    if m:
+                    found = match_model_output(name)
+                    if found and found[2] == key:
                         ents, _ = parse_name(name)
-                        key = name[: m.start()]
-                        model_files.append((m.group(1), m.group(2), path, ents, key))
+                        model_files.append((found[0], found[1], path, ents, key))
     stale_keys: set[str] = set()
     for run_key in sorted(qc_files):
         entries = qc_files[run_key]
@@ -193,7 +188,7 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
                 del fc_files[atlas_name]
     for model, kind, path, ents, key in model_files:
         cols = entity_columns(ents)
-        atlas = ents.get("seg", "n/a")
+        atlas = ents.get(ATLAS_ENTITY, "n/a")
         if qc_status.get(key) != "ok":
             why = ("the atlas was not requested by the latest participant-level run"
                    if key in stale_keys else "the run's QC status is not ok")

@@ -24,8 +24,9 @@ METHOD = ("Pearson correlation across participants of each FC edge with mean fra
 
 def read_fc(path: str | Path) -> tuple[list[str], np.ndarray]:
     """ROI names and the (R, R) matrix of an FC relmat TSV (``n/a`` = NaN)."""
-    frame = pd.read_csv(path, sep="\t", index_col=0, na_values="n/a")
-    return list(frame.columns), frame.to_numpy(dtype=np.float64)
+    from ..derivatives import read_relmat
+
+    return read_relmat(path)
 
 
 def edge_correlations(fc: np.ndarray, fd: np.ndarray) -> tuple[np.ndarray, np.ndarray,
@@ -80,7 +81,8 @@ def subject_fc(fc_files: list[tuple[str, Path]], qc: pd.DataFrame, atlas: str
     ids, rois, fc, fd
         Participants, ROI names, (P, M) upper-triangle FC and (P,) mean FD.
     """
-    from .collect import entity_columns, parse_name
+    from ..derivatives import parse_name
+    from .collect import entity_columns
 
     qa = qc[(qc["atlas"].astype(str) == atlas) & (qc["status"].astype(str) == "ok")]
     ent_cols = [c for c in qa.columns if c in ("participant_id", "session_id", "task", "acq",

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..derivatives import group_table_name
 from ..errors import BidsfmError, ConfigError
 
 LOGGER = logging.getLogger("bidsfm.group")
@@ -145,24 +146,24 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                 len(coll.participants), time.time() - t0)
     gdir = output_dir / "group"
     gdir.mkdir(parents=True, exist_ok=True)
-    write_table(coll.qc, gdir / "group_runs_qc.tsv")
+    write_table(coll.qc, gdir / group_table_name("runs_qc"))
 
     model_name, model_card = _resolve_group_model(str(opts.get("model") or "auto"),
                                                   sorted(coll.embeddings))
     for name, (ents, values, cols) in coll.embeddings.items():
         frame = pd.concat([ents.reset_index(drop=True),
                            pd.DataFrame(values, columns=cols)], axis=1)
-        write_table(frame, gdir / f"group_desc-{name}_runs_embedding.tsv")
+        write_table(frame, gdir / group_table_name("runs_embedding", model=name))
         ids, mean, n_runs = subject_embeddings(ents, values)
         subj = pd.concat([pd.DataFrame({"participant_id": ids, "n_runs": n_runs}),
                           pd.DataFrame(mean, columns=cols)], axis=1)
-        write_table(subj, gdir / f"group_desc-{name}_subjects_embedding.tsv")
+        write_table(subj, gdir / group_table_name("subjects_embedding", model=name))
     for name, frame in coll.predictions.items():
-        write_table(frame, gdir / f"group_desc-{name}_runs_predictions.tsv")
+        write_table(frame, gdir / group_table_name("runs_predictions", model=name))
 
     if table is not None:
         _participants_vs_table(coll, table, table_path, labels, needs_table)
-    _write_exclusions(coll.exclusions, gdir / "group_exclusions.tsv")
+    _write_exclusions(coll.exclusions, gdir / group_table_name("exclusions"))
 
     failures: list[str] = []
     done_targets: list[dict[str, Any]] = []
@@ -241,13 +242,13 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
 def current_outputs(record: dict[str, Any]) -> set[str]:
     """Names of the entries of ``group/`` that the run described by ``record`` wrote."""
-    names = {"group.json", "group_runs_qc.tsv", "group_exclusions.tsv"}
+    names = {"group.json", group_table_name("runs_qc"), group_table_name("exclusions")}
     for model in record.get("models_collected") or ():
-        names |= {f"group_desc-{model}_runs_embedding.tsv",
-                  f"group_desc-{model}_subjects_embedding.tsv",
-                  f"group_desc-{model}_runs_predictions.tsv"}
+        names |= {group_table_name(kind, model=model) for kind in (
+            "runs_embedding", "subjects_embedding", "runs_predictions")}
     for atlas in record.get("qcfc") or {}:
-        names |= {f"group_seg-{atlas}_qcfc.tsv", f"group_seg-{atlas}_qcfc.json"}
+        names |= {group_table_name("qcfc", atlas=atlas),
+                  group_table_name("qcfc_json", atlas=atlas)}
     for t in record.get("targets") or ():
         names.add(t["folder"])
     if record.get("normative"):
@@ -366,7 +367,8 @@ def _write_exclusions(rows: list[dict[str, str]], path: Path) -> None:
 def _fc_by_participant(coll, ents: pd.DataFrame, model_card, model_name: str
                        ) -> dict[str, list[Path]]:
     """FC TSVs (model atlas) of the runs that have an embedding, by participant."""
-    from .collect import entity_columns, parse_name
+    from ..derivatives import parse_name
+    from .collect import entity_columns
 
     atlas = (model_card or {}).get("atlas", {}).get("name")
     if atlas is None and len(ents):
@@ -556,9 +558,9 @@ def _qcfc(coll, gdir: Path) -> dict[str, Any]:
                            atlas, len(ids))
             continue
         r, p, _n = edge_correlations(fc, fd)
-        write_table(qcfc_table(rois, r, p), gdir / f"group_seg-{atlas}_qcfc.tsv")
+        write_table(qcfc_table(rois, r, p), gdir / group_table_name("qcfc", atlas=atlas))
         summary = qcfc_summary(r, p, len(ids), atlas, fd)
-        write_json_atomic(gdir / f"group_seg-{atlas}_qcfc.json", summary)
+        write_json_atomic(gdir / group_table_name("qcfc_json", atlas=atlas), summary)
         out[atlas] = {k: summary[k] for k in ("n_participants", "median_abs_r",
                                               "fraction_p05")}
     return out

@@ -146,18 +146,25 @@ def functional_gradients(fc_group: np.ndarray, n_components: int = 30, sparsity:
 
 
 def read_relmat(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Read a bidsfm ``*_relmat.tsv`` (ROI names as header and first column; ``n/a``)."""
+    """Read a square ``*_relmat.tsv``: bidsfm's/XCP-D's (row names in a first ``Node`` column,
+    ROI header, ``n/a``; read by :func:`bidsfm.derivatives.read_relmat`) or a bare numeric
+    matrix with a header."""
     import pandas as pd
 
+    from ..derivatives import read_relmat as read_labelled
+
+    with open(path) as f:
+        f.readline()
+        first = f.readline().split("\t", 1)[0].strip()
+    try:
+        float(first)
+    except ValueError:  # row names in the first column (``Node`` in bidsfm's and XCP-D's)
+        return read_labelled(path)
     frame = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-    names = [str(c) for c in frame.columns]
-    if not pd.api.types.is_numeric_dtype(frame.iloc[:, 0]):
-        frame = frame.set_index(frame.columns[0])
-        names = [str(c) for c in frame.columns]
     mat = frame.to_numpy(dtype=np.float64)
     if mat.shape[0] != mat.shape[1]:
         raise InputDataError(f"relmat is {mat.shape[0]}x{mat.shape[1]}, not square", path=path)
-    return names, mat
+    return [str(c) for c in frame.columns], mat
 
 
 def write_gradients(path: str | Path, grads: np.ndarray, roi_names: Sequence[str]) -> Path:
@@ -190,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output TSV (roi, gradient_01, ...)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--relmat-dir", type=Path,
-                     help="bidsfm output folder: every *_seg-<atlas>*_relmat.tsv is averaged")
+                     help="bidsfm output folder: every Pearson FC relmat "
+                     "(*_atlas-<atlas>_stat-pearsoncorrelation_relmat.tsv) is averaged")
     src.add_argument("--npy", type=Path, help="(R, R) group FC or (S, R, R) FC stack (.npy)")
-    parser.add_argument("--atlas", default=None, help="seg- label to select (relmat mode)")
+    parser.add_argument("--atlas", default=None, help="atlas- label to select (relmat mode)")
     parser.add_argument("--n-components", type=int, default=30)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--alpha", type=float, default=0.5)
@@ -205,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             mat = group_fc(arr) if arr.ndim == 3 else np.asarray(arr, dtype=np.float64)
             names = [f"roi_{i + 1:03d}" for i in range(mat.shape[0])]
         else:
-            pattern = f"*_seg-{args.atlas}_*relmat.tsv" if args.atlas else "*_relmat.tsv"
+            from ..derivatives import output_glob
+
+            pattern = output_glob("fc", args.atlas or "*")
             files = sorted(args.relmat_dir.rglob(pattern))
             if not files:
                 raise InputDataError(f"no {pattern} files found", path=args.relmat_dir)

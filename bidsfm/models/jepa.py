@@ -564,7 +564,9 @@ def _load_runs_with_tr(npz: Path | None, participants: Path | None, bidsfm_dir: 
         roi_names = [f"roi_{i + 1:03d}" for i in range(items[0][1].shape[1])]
         return [n for n, _ in items], [s for _, s in items], trs, roi_names
     items = load_timeseries_bidsfm(bidsfm_dir, atlas=atlas)
-    ending = f"_seg-{atlas}_stat-mean_timeseries.json"
+    from ..derivatives import output_glob
+
+    ending = output_glob("timeseries_json", atlas)[1:]
     names, series, trs = [], [], []
     for name, arr in items:
         hits = sorted(Path(bidsfm_dir).rglob(f"{name}{ending}"))
@@ -576,7 +578,7 @@ def _load_runs_with_tr(npz: Path | None, participants: Path | None, bidsfm_dir: 
         names.append(name)
         series.append(arr)
         trs.append(float(value))
-    first = sorted(Path(bidsfm_dir).rglob(f"*_seg-{atlas}_stat-mean_timeseries.tsv"))[0]
+    first = sorted(Path(bidsfm_dir).rglob(output_glob("timeseries", atlas)))[0]
     roi_names = first.read_text().splitlines()[0].split("\t")
     return names, series, trs, roi_names
 

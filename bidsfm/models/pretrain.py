@@ -104,20 +104,22 @@ def load_timeseries_bidsfm(derivatives_dir: str | Path,
     ----------
     derivatives_dir : str or Path
         bidsfm output dataset; searched recursively for
-        ``*_seg-<atlas>_stat-mean_timeseries.tsv`` (tab-separated, ROI names as header,
+        ``*_atlas-<atlas>_stat-mean_timeseries.tsv`` (tab-separated, ROI names as header,
         ``n/a`` for missing ROIs).
     atlas : str
-        Atlas label of the ``seg`` entity.
+        Atlas label of the ``atlas`` entity.
 
     Returns
     -------
     list of (str, np.ndarray)
-        (file name without the ``_seg-..._timeseries.tsv`` ending, (T, R) float32 series with
+        (file name without the ``_atlas-..._timeseries.tsv`` ending, (T, R) float32 series with
         NaN columns for missing ROIs), sorted by path.
     """
     import pandas as pd
 
-    ending = f"_seg-{atlas}_stat-mean_timeseries.tsv"
+    from ..derivatives import output_glob
+
+    ending = output_glob("timeseries", atlas)[1:]
     files = sorted(Path(derivatives_dir).rglob(f"*{ending}"))
     if not files:
         raise InputDataError(f"no *{ending} files found", path=derivatives_dir,
@@ -678,7 +680,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> B
               help="participants.tsv listing the npz's participants (with --npz).")
 @click.option("--bidsfm-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="bidsfm output folder with *_stat-mean_timeseries.tsv files.")
-@click.option("--atlas", default="CC200", show_default=True, help="seg label (--bidsfm-dir).")
+@click.option("--atlas", default="CC200", show_default=True, help="atlas label (--bidsfm-dir).")
 @click.option("--epochs", type=int, default=PretrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=PretrainConfig.batch_size, show_default=True)
 @click.option("--lr", type=float, default=PretrainConfig.lr, show_default=True)

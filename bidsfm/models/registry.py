@@ -374,7 +374,7 @@ class TimeSeriesModel:
     def read_inputs(self, fc_paths: list[Path]) -> tuple[PreparedRuns, dict[int, str]]:
         """Read the runs' time series next to their FC files (participant level).
 
-        For each ``*_meas-PearsonCorrelation_relmat.tsv`` the sibling
+        For each ``*_stat-pearsoncorrelation_relmat.tsv`` the sibling
         ``*_stat-mean_timeseries.tsv`` (+ ``.json`` with ``RepetitionTime`` and
         ``RetainedVolumes``) is read. Censored volumes are put back on the original grid by
         linear interpolation (leading and trailing ones trimmed) so the series is evenly
@@ -382,13 +382,16 @@ class TimeSeriesModel:
         """
         import pandas as pd
 
+        from ..derivatives import sibling_output
         from .resample import RunTooShort, prepare_run
 
         spec, names, good, skipped = self.spec, self.roi_names, [], {}
         for i, fc_path in enumerate(fc_paths):
             fc_path = Path(fc_path)
-            ts_path = fc_path.with_name(fc_path.name.replace(
-                "_meas-PearsonCorrelation_relmat.tsv", "_stat-mean_timeseries.tsv"))
+            try:
+                ts_path = sibling_output(fc_path, "timeseries")
+            except ValueError:
+                ts_path = fc_path
             if ts_path == fc_path or not ts_path.is_file():
                 raise ConfigError("no time series next to the FC file", path=fc_path)
             meta = json.loads(ts_path.with_suffix(".json").read_text())

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..derivatives import ATLAS_ENTITY, group_table_name
 from ..errors import InputDataError
 from . import figures
 from . import html as h
@@ -173,9 +174,9 @@ def _cohort(group: Path, meta: dict[str, Any], problem: str | None) -> str:
         parts.append(h.kv_table(rows))
         if isinstance(meta.get("options"), dict):
             parts.append("<h4>Options</h4>" + h.kv_table(_flat(meta["options"])))
-    qc, qc_problem = read_tsv(group / "group_runs_qc.tsv")
+    qc, qc_problem = read_tsv(group / group_table_name("runs_qc"))
     if qc is None:
-        parts.append(_missing(group / "group_runs_qc.tsv", qc_problem, "Run QC summary"))
+        parts.append(_missing(group / group_table_name("runs_qc"), qc_problem, "Run QC summary"))
         return "".join(parts)
     n_part = qc["participant_id"].nunique() if "participant_id" in qc else "n/a"
     rows = []
@@ -291,9 +292,9 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _embedding(group: Path, meta: dict[str, Any], targets: list[tuple[str, Path]]) -> str:
-    files = sorted(group.glob("group_desc-*_subjects_embedding.tsv"))
+    files = sorted(group.glob(group_table_name("subjects_embedding", model="*")))
     if not files:
-        return _missing(group / "group_desc-<MODEL>_subjects_embedding.tsv", None,
+        return _missing(group / group_table_name("subjects_embedding", model="<MODEL>"), None,
                         "Embedding map")
     participants, p_problem = _participants_table(meta)
     columns = _target_columns(meta, targets)
@@ -419,15 +420,15 @@ def _normative(folder: Path) -> str:
 
 
 def _qcfc(group: Path, meta: dict[str, Any] | None = None) -> str:
-    files = sorted(group.glob("group_seg-*_qcfc.tsv"))
+    files = sorted(group.glob(group_table_name("qcfc", atlas="*")))
     listed = (meta or {}).get("qcfc")
     if isinstance(listed, dict):  # only the atlases of this run (not tables left by another)
-        files = [f for f in files if entities(f.name).get("seg") in listed]
+        files = [f for f in files if entities(f.name).get(ATLAS_ENTITY) in listed]
     if not files:
-        return _missing(group / "group_seg-<ATLAS>_qcfc.tsv", None, "QC-FC")
+        return _missing(group / group_table_name("qcfc", atlas="<ATLAS>"), None, "QC-FC")
     parts = []
     for path in files:
-        atlas = entities(path.name).get("seg", "?")
+        atlas = entities(path.name).get(ATLAS_ENTITY, "?")
         table, problem = read_tsv(path)
         info, _ = read_json(path.with_suffix(".json"))
         if table is None or "r" not in table:

@@ -15,13 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from ..derivatives import (
+    ATLAS_ENTITY,
+    FIGURE_TAIL,
+    MODEL_OUTPUT_TAILS,
+    RUN_OUTPUT_TAILS,
+    output_base,
+)
 from ..errors import ConfigError, InputDataError
 from . import figures
 from . import html as h
 from .readers import entities, read_json, read_tsv
 
-QC_SUFFIX = "_qc.tsv"
-TS_SUFFIX = "_stat-mean_timeseries.tsv"
+QC_SUFFIX = RUN_OUTPUT_TAILS["qc"]
+TS_SUFFIX = RUN_OUTPUT_TAILS["timeseries"]
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 #: run entities shown in titles, in BIDS order
 RUN_ENTITIES = ("ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
@@ -34,7 +41,7 @@ class RunOutputs:
     Attributes
     ----------
     base : Path
-        Common path prefix, ``…/<run>_space-<S>_seg-<ATLAS>``.
+        Common path prefix, ``…/<run>_space-<S>_atlas-<ATLAS>``.
     entities : dict
         Entities parsed from the file name.
     complete : bool
@@ -49,10 +56,17 @@ class RunOutputs:
         """Sibling file ``<base><suffix>``."""
         return self.base.parent / (self.base.name + suffix)
 
+    def output(self, kind: str, model: str | None = None) -> Path:
+        """The run's output of ``kind`` (a key of ``RUN_OUTPUT_TAILS``, or of
+        ``MODEL_OUTPUT_TAILS`` with ``model``; see :mod:`bidsfm.derivatives`)."""
+        if model is not None:
+            return self.path(MODEL_OUTPUT_TAILS[kind].format(model=model))
+        return self.path(RUN_OUTPUT_TAILS[kind])
+
     @property
     def atlas(self) -> str:
         """Atlas name."""
-        return self.entities.get("seg", "?")
+        return self.entities.get(ATLAS_ENTITY, "?")
 
     @property
     def label(self) -> str:
@@ -92,13 +106,13 @@ def find_runs(subject_dir: Path) -> list[RunOutputs]:
     """Every run/atlas with a QC table, plus interrupted ones (time series but no QC table)."""
     found: dict[Path, RunOutputs] = {}
     for qc in subject_dir.rglob(f"*{QC_SUFFIX}"):
-        if qc.name.startswith("."):
+        if qc.name.startswith(".") or output_base(qc.name) is None:
             continue
         base = qc.parent / qc.name[: -len(QC_SUFFIX)]
         found[base] = RunOutputs(base, entities(base.name), complete=True)
     for ts in subject_dir.rglob(f"*{TS_SUFFIX}"):
         base = ts.parent / ts.name[: -len(TS_SUFFIX)]
-        if base not in found and not ts.name.startswith("."):
+        if base not in found and not ts.name.startswith(".") and output_base(ts.name):
             found[base] = RunOutputs(base, entities(base.name), complete=False)
     return sorted(found.values(), key=RunOutputs.sort_key)
 
@@ -215,7 +229,7 @@ def _run_section(run: RunOutputs, subject_dir: Path) -> str:
 def _qc_table(run: RunOutputs, qc: dict[str, Any]) -> str:
     if not qc:
         return ""
-    meta, _ = read_json(run.path(QC_SUFFIX.replace(".tsv", ".json")))
+    meta, _ = read_json(run.output("qc_json"))
     options = (meta or {}).get("Options", {}) if isinstance(meta, dict) else {}
     strategy = options.get("strategy") if isinstance(options, dict) else None
     low = qc.get("low_coverage_rois") or ""
@@ -258,7 +272,7 @@ def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str) -> list[st
                        "past QC).", "warn")]
     figs: list[str] = []
     ts, problem = read_tsv(run.path(TS_SUFFIX))
-    meta, _ = read_json(run.path(TS_SUFFIX.replace(".tsv", ".json")))
+    meta, _ = read_json(run.output("timeseries_json"))
     tr = (meta or {}).get("RepetitionTime") or qc.get("repetition_time")
     try:
         tr = float(tr) if tr is not None else None
@@ -271,7 +285,7 @@ def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str) -> list[st
                              "removed; red rows = low-coverage ROIs, n/a)."))
     else:
         figs.append(h.note(problem or f"{run.path(TS_SUFFIX).name}: no rows", "warn"))
-    fc, problem = read_tsv(run.path("_meas-PearsonCorrelation_relmat.tsv"), index_col=0)
+    fc, problem = read_tsv(run.output("fc"), index_col=0)
     if fc is not None:
         png = figures.matrix(fc.to_numpy(dtype=float), "Functional connectivity")
         finite = fc.to_numpy(dtype=float)
@@ -283,11 +297,12 @@ def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str) -> list[st
                              f"({fc.shape[0]} x {fc.shape[1]} ROIs, grey = n/a){mean_r}."))
     else:
         figs.append(h.note(problem or "", "warn"))
-    cov, problem = read_tsv(run.path("_stat-coverage_bold.tsv"))
+    cov, problem = read_tsv(run.output("coverage"))
     if cov is not None and len(cov):
         thr = qc.get("min_coverage")
         thr = float(thr) if h._is_number(thr) else 0.5
-        vals = cov.iloc[0].to_numpy(dtype=float)
+        vals = (cov["coverage"] if "coverage" in cov.columns else cov.iloc[0]).to_numpy(
+            dtype=float)
         png = figures.coverage(vals, thr, "ROI coverage")
         figs.append(h.figure(png, "ROI coverage", f"Fraction of each ROI inside the brain "
                              f"mask; {int((vals < thr).sum())} ROI(s) below {thr:g}."))
@@ -300,7 +315,8 @@ def _model_name(run: RunOutputs, qc: dict[str, Any]) -> str | None:
     model = qc.get("model")
     if model:
         return str(model)
-    hits = sorted(run.base.parent.glob(run.base.name + "_desc-*_predictions.tsv"))
+    hits = sorted(run.base.parent.glob(run.base.name + MODEL_OUTPUT_TAILS["predictions"].format(
+        model="*")))
     return entities(hits[0].name).get("desc") if hits else None
 
 
@@ -310,13 +326,13 @@ def _model_part(run: RunOutputs, qc: dict[str, Any], subject_dir: Path) -> str:
     if model is None:
         return head + h.note("No model outputs for this run (the participant level ran with "
                              "--model none, or this atlas is not the model's).")
-    pred_path = run.path(f"_desc-{model}_predictions.tsv")
+    pred_path = run.output("predictions", model)
     if qc.get("model_status") in ("skipped", "error") or not pred_path.is_file():
         reason = qc.get("model_reason") or f"{pred_path.name} not found"
         kind = "bad" if qc.get("model_status") == "error" else "warn"
         return head + h.note(f"Model {model}: no predictions for this run — {reason}.", kind)
     parts = [head]
-    emb_meta, _ = read_json(run.path(f"_desc-{model}_embedding.json"))
+    emb_meta, _ = read_json(run.output("embedding_json", model))
     info = (emb_meta or {}).get("Model") or {}
     if info:
         parts.append(f"<p>Model <code>{h.esc(info.get('name'))}</code> version "
@@ -362,7 +378,7 @@ def _validation_text(meta: Any) -> str:
 
 def _attention_part(run: RunOutputs, model: str, subject_dir: Path) -> str:
     parts = ["<h4>ROI attention</h4>"]
-    att, problem = read_tsv(run.path(f"_desc-{model}_attention.tsv"), index_col=0)
+    att, problem = read_tsv(run.output("attention", model), index_col=0)
     if att is not None and att.shape[1]:
         rows = []
         for head in att.columns:
@@ -372,14 +388,14 @@ def _attention_part(run: RunOutputs, model: str, subject_dir: Path) -> str:
         parts.append(h.table(["head", "top ROIs by |integrated-gradients attribution|"], rows))
     elif problem:
         parts.append(h.note(problem, "warn"))
-    png_path = subject_dir / "figures" / (run.base.name + f"_desc-{model}_attention.png")
-    statmap = run.path(f"_desc-{model}_stat-attention_statmap.nii.gz")
+    png_path = subject_dir / "figures" / (run.base.name + FIGURE_TAIL.format(model=model))
+    statmap = run.output("statmap", model)
     caption = ("Integrated-gradients attribution of each head to each ROI, on a glass brain "
                "(red: pushes the head's output up, blue: down).")
     if png_path.is_file():
         parts.append(h.figure_file(png_path, "attention glass brain", caption))
     elif statmap.is_file():
-        meta, _ = read_json(run.path(f"_desc-{model}_stat-attention_statmap.json"))
+        meta, _ = read_json(run.output("statmap_json", model))
         heads = [str(x) for x in (meta or {}).get("Heads", [])]
         try:
             png = figures.glass_brain(str(statmap), heads, f"ROI attribution ({model})")

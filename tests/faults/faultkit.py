@@ -16,11 +16,12 @@ from typing import Any
 import pandas as pd
 from conftest import clone_dataset, run_cli
 
-#: run outputs of one atlas (see docs/outputs.md), by suffix after ``_seg-<ATLAS>``
+#: run outputs of one atlas (see docs/outputs.md), by suffix after ``_atlas-<ATLAS>``
 RUN_SUFFIXES = ("_stat-mean_timeseries.tsv", "_stat-mean_timeseries.json",
-                "_stat-coverage_bold.tsv", "_meas-PearsonCorrelation_relmat.tsv",
-                "_meas-PearsonCorrelation_relmat.json",
-                "_desc-fisherz_meas-PearsonCorrelation_relmat.tsv", "_qc.tsv", "_qc.json")
+                "_stat-coverage_bold.tsv", "_stat-pearsoncorrelation_relmat.tsv",
+                "_stat-pearsoncorrelation_relmat.json",
+                "_stat-pearsoncorrelation_desc-fisherz_relmat.tsv",
+                "_stat-pearsoncorrelation_desc-fisherz_relmat.json", "_qc.tsv", "_qc.json")
 SPACE = "MNI152NLin2009cAsym"
 
 
@@ -75,7 +76,7 @@ def run_outputs(out: Path, run: dict[str, Any], atlas: str = "CC200") -> list[Pa
     folder = out / f"sub-{run['subject']}"
     if run.get("session"):
         folder = folder / f"ses-{run['session']}"
-    stem = f"{prefix_of(run)}_space-{SPACE}_seg-{atlas}"
+    stem = f"{prefix_of(run)}_space-{SPACE}_atlas-{atlas}"
     return [folder / "func" / (stem + s) for s in RUN_SUFFIXES]
 
 
