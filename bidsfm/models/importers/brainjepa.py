@@ -353,7 +353,7 @@ def import_brainjepa(checkpoint: str | Path, gradients_csv: str | Path, out_dir:
     """
     import torch
 
-    from ..brainjepa import BrainJEPAEncoder, official_state_shapes
+    from ..brainjepa import BrainJEPAEncoder
 
     checkpoint = Path(checkpoint)
     check_label(name, "model name")
@@ -362,44 +362,62 @@ def import_brainjepa(checkpoint: str | Path, gradients_csv: str | Path, out_dir:
     out = prepare_out(out_dir)
     raw = load_checkpoint(checkpoint)
     state = strip_prefix(state_dict_from(raw, state_key, checkpoint))
-    shapes = tensor_shapes(state)
-    inferred = official_size(shapes)
-    if inferred is None and not allow_custom_layout:
-        raise _not_official(shapes, checkpoint)
-    grads = _read_gradients(gradients_csv, None if allow_custom_layout else inferred)
-    cfg = brainjepa_config_from_shapes(shapes, grads.shape[0], size, n_heads, checkpoint,
-                                       allow_custom=allow_custom_layout)
-    if grads.shape[1] != cfg.n_gradients:
-        raise ConfigError(f"gradient file has {grads.shape[1]} columns, the checkpoint's "
-                          f"gradient projection takes {cfg.n_gradients}", path=gradients_csv)
-    size_name = _layout_name(cfg)
-    if allow_custom_layout:
-        what, remedy = (f"{state_key} (Brain-JEPA) does not match the layout its shapes imply "
-                        f"(embed dim {cfg.embed_dim}, {cfg.depth} blocks)",
-                        "Check that the checkpoint is complete and unmodified")
-    else:
-        what, remedy = (f"{state_key} (Brain-JEPA) is not the official "
-                        f"ViT-{size_name[0].upper()} layout", custom_layout_remedy())
-    check_layout(state, official_state_shapes(cfg), what, checkpoint, remedy)
-    check_finite(state, checkpoint)
-    _check_time_code(state["pos_embed_proj.emb_h"], cfg, checkpoint)
+    cfg, grads = _config_and_gradients(state, checkpoint, gradients_csv, size, n_heads,
+                                       allow_custom_layout)
+    _check_state(state, cfg, state_key, checkpoint, allow_custom_layout)
     atlas_entry = atlas_card(atlas, cfg.n_rois, "Tian S3 subcortex (50 ROIs) first, then "
                              "Schaefer2018 400 parcels 17 networks (400 ROIs)", checkpoint)
     encoder = BrainJEPAEncoder(cfg, grads)
     encoder.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     encoder.eval()
     dropped = sorted(str(k) for k in raw if k != state_key) if isinstance(raw, Mapping) else []
-    card = _card(name, cfg, size_name, checkpoint, state_key, dropped, atlas_entry,
-                 gradients_csv, grads, float(target_tr))
+    card = _card(name, cfg, checkpoint, state_key, dropped, atlas_entry, gradients_csv, grads,
+                 float(target_tr))
     return save_folder(out, card, encoder, {"extra_tensors": {"gradients": grads}})
 
 
-def _card(name: str, cfg: Any, size_name: str | None, checkpoint: Path, state_key: str,
-          dropped: list[str], atlas_entry: dict[str, Any], gradients_csv: str | Path,
-          grads: np.ndarray, target_tr: float) -> dict[str, Any]:
+def _config_and_gradients(state: Mapping[str, Any], checkpoint: Path,
+                          gradients_csv: str | Path, size: str | None, n_heads: int | None,
+                          allow_custom: bool):
+    """The layout (official, or inferred when ``allow_custom``) and the gradient table."""
+    shapes = tensor_shapes(state)
+    inferred = official_size(shapes)
+    if inferred is None and not allow_custom:  # before the gradient file's official shape
+        raise _not_official(shapes, checkpoint)
+    grads = _read_gradients(gradients_csv, None if allow_custom else inferred)
+    cfg = brainjepa_config_from_shapes(shapes, grads.shape[0], size, n_heads, checkpoint,
+                                       allow_custom=allow_custom)
+    if grads.shape[1] != cfg.n_gradients:
+        raise ConfigError(f"gradient file has {grads.shape[1]} columns, the checkpoint's "
+                          f"gradient projection takes {cfg.n_gradients}", path=gradients_csv)
+    return cfg, grads
+
+
+def _check_state(state: Mapping[str, Any], cfg: Any, state_key: str, checkpoint: Path,
+                 allow_custom: bool) -> None:
+    """Every tensor against ``cfg``'s layout, finite values, the stored time code."""
+    from ..brainjepa import official_state_shapes
+
+    if allow_custom:
+        what = (f"{state_key} (Brain-JEPA) does not match the layout its shapes imply (embed "
+                f"dim {cfg.embed_dim}, {cfg.depth} blocks)")
+        remedy = "Check that the checkpoint is complete and unmodified"
+    else:
+        what = (f"{state_key} (Brain-JEPA) is not the official "
+                f"ViT-{_layout_name(cfg)[0].upper()} layout")
+        remedy = custom_layout_remedy()
+    check_layout(state, official_state_shapes(cfg), what, checkpoint, remedy)
+    check_finite(state, checkpoint)
+    _check_time_code(state["pos_embed_proj.emb_h"], cfg, checkpoint)
+
+
+def _card(name: str, cfg: Any, checkpoint: Path, state_key: str, dropped: list[str],
+          atlas_entry: dict[str, Any], gradients_csv: str | Path, grads: np.ndarray,
+          target_tr: float) -> dict[str, Any]:
     """The imported model's card."""
     from ...utils import sha256_file
 
+    size_name = _layout_name(cfg)
     return {
         "name": name,
         "version": "imported",

@@ -159,7 +159,7 @@ def import_brainmass(checkpoint: str | Path, out_dir: str | Path, *, name: str =
     """
     import torch
 
-    from ..brainmass import BrainMassConfig, BrainMassEncoder
+    from ..brainmass import BrainMassEncoder
 
     checkpoint = Path(checkpoint)
     check_label(name, "model name")
@@ -187,7 +187,17 @@ def import_brainmass(checkpoint: str | Path, out_dir: str | Path, *, name: str =
     encoder.eval()
     dropped = ["g (BYOL projection head: Linear, BatchNorm1d, Linear; not part of the "
                "downstream embedding)"] if has_projector else []
-    card = {
+    card = _card(name, cfg, source_record(checkpoint, state_key, "official BrainMass "
+                                          "checkpoint", dropped), atlas_entry, min_volumes)
+    return save_folder(out, card, encoder)
+
+
+def _card(name: str, cfg: Any, source: dict[str, Any], atlas_entry: dict[str, Any],
+          min_volumes: int) -> dict[str, Any]:
+    """The imported model's card."""
+    from ..brainmass import BrainMassConfig
+
+    return {
         "name": name,
         "version": "imported",
         "family": "brainmass",
@@ -197,8 +207,7 @@ def import_brainmass(checkpoint: str | Path, out_dir: str | Path, *, name: str =
         "layout": ("official" if cfg == BrainMassConfig.official(BRAINMASS_ROIS)
                    else f"custom ({_describe(cfg)}; inferred from the shapes, "
                         "--allow-custom-layout)"),
-        "source": source_record(checkpoint, state_key, "official BrainMass checkpoint",
-                                dropped),
+        "source": source,
         "atlas": atlas_entry,
         "input": {
             "kind": "Pearson FC (R x R) of denoised ROI time series",
@@ -216,4 +225,3 @@ def import_brainmass(checkpoint: str | Path, out_dir: str | Path, *, name: str =
         "licence": LICENCE,
         "citation": [BRAINMASS_CITATION, SCHAEFER_CITATION],
     }
-    return save_folder(out, card, encoder)
