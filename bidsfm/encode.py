@@ -10,7 +10,8 @@ model's atlas), encoded in one batch (CPU or GPU), and for each run bidsfm write
   (integrated-gradients attribution, see :mod:`bidsfm.models.attention`);
 - ``*_stat-attention_desc-<MODEL>_statmap.nii.gz`` (+ .json): the same scores painted on the
   run's grid, one volume per head;
-- ``sub-X/figures/*_desc-<MODEL>_attention.png``: glass-brain views of the statmap.
+- ``sub-X/figures/*_desc-<MODEL>_attention.png``: glass brain of the statmap (one figure per
+  run, a row per head; skipped with ``--no-figures``).
 
 Runs that cannot be encoded (no connectivity, fewer volumes than the model's minimum) get the
 reason in the ``model_status``/``model_reason`` columns of their QC table.
@@ -333,26 +334,19 @@ def _write_statmap(run: BoldRun, model, att: np.ndarray, heads: list[str],
 
 def _write_figure(statmap, heads: list[str], run: BoldRun, model_name: str, atlas: str,
                   output_dir: str | Path) -> Path:
-    """Glass-brain views of the attention statmap, one row per head, in sub-X/figures/."""
-    import matplotlib
+    """Glass brain of the attention statmap, one row per head, in sub-X/figures/.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from nilearn import image, plotting
-
+    Drawn from the statmap in memory with plain matplotlib (:func:`bidsfm.reports.figures.
+    glass_brain_png`: signed maximum-intensity projections on a brain outline), no nilearn.
+    """
     from .derivatives import figure_path
+    from .reports.figures import glass_brain_png
     from .utils import remove_stale_temps
 
     path = figure_path(run, model_name, atlas, output_dir)
     remove_stale_temps(path.parent, run.prefix)
-    fig, axes = plt.subplots(len(heads), 1, figsize=(9, 2.6 * len(heads)), squeeze=False)
-    for k, head in enumerate(heads):
-        vol = image.index_img(statmap, k)
-        vmax = float(np.abs(vol.get_fdata()).max()) or 1.0
-        plotting.plot_glass_brain(vol, axes=axes[k, 0], plot_abs=False, colorbar=True,
-                                  cmap="RdBu_r", vmax=vmax, vmin=-vmax,
-                                  title=f"{head}: ROI attribution ({model_name})")
+    png = glass_brain_png(np.asarray(statmap.dataobj), statmap.affine, heads,
+                          f"ROI attribution ({model_name})")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+        tmp.write_bytes(png)
     return path

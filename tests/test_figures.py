@@ -177,3 +177,33 @@ def test_glass_brain_without_outline(monkeypatch):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         figures.brain_outline.cache_clear()
+
+
+def test_model_stage_figure_without_nilearn(tmp_path):
+    """The model stage writes one glass-brain PNG per run from the statmap in memory, and the
+    process never imports nilearn (it cost most of the model stage: issue 16)."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        import nibabel as nib
+        import numpy as np
+        from bidsfm.discovery import BoldRun
+        from bidsfm.encode import _write_figure
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_figures import AFFINE, _statmap
+        run = BoldRun(entities={{"subject": "01", "task": "rest"}}, space="MNI152NLin6Asym",
+                      bold="b.nii.gz", mask="m.nii.gz", confounds="c.tsv",
+                      confounds_json=None, repetition_time=2.0)
+        img = nib.Nifti1Image(_statmap(3), AFFINE)
+        path = _write_figure(img, ["diagnosis", "sex", "age"], run, "m", "CC200",
+                             {str(tmp_path)!r})
+        print(json.dumps({{"path": str(path),
+                          "nilearn": [m for m in sys.modules if m.startswith("nilearn")]}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["nilearn"] == []
+    path = Path(info["path"])
+    assert path.parent == tmp_path / "sub-01" / "figures"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
