@@ -17,9 +17,9 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError
-from .utils import atomic_path, write_json_atomic
+from .utils import atomic_path, write_json_atomic, write_text_atomic
 
-BIDS_VERSION = "1.10.0"
+BIDS_VERSION = "1.11.0"
 
 
 def run_dir(output_dir: str | Path, entities: dict[str, str]) -> Path:
@@ -302,9 +302,116 @@ def write_tsv_atomic(path: str | Path, data: np.ndarray, columns: Sequence[str],
     return Path(path)
 
 
+def code_url() -> str:
+    """Where the code that wrote the outputs can be found, for ``GeneratedBy.CodeURL``.
+
+    ``$BIDSFM_CODE_URL`` when set (a site that deploys bidsfm from its own repository says so
+    there), else a ``Source``/``Homepage`` URL declared in the installed package's metadata,
+    else a ``file://`` URL of the installed package folder (the exact code that ran; inside a
+    container, a path in the image).
+    """
+    import os
+
+    env = os.environ.get("BIDSFM_CODE_URL", "").strip()
+    if env:
+        return env
+    try:
+        from importlib.metadata import metadata
+
+        for entry in metadata("bidsfm").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip().lower() in ("source", "homepage", "repository") and url.strip():
+                return url.strip()
+    except Exception:  # noqa: BLE001 - metadata is optional (source checkout)
+        pass
+    return Path(__file__).resolve().parent.as_uri()
+
+
+def container_info() -> dict[str, str] | None:
+    """``GeneratedBy.Container`` when bidsfm runs in its container image, else None.
+
+    Apptainer/Singularity set ``APPTAINER_CONTAINER``/``SINGULARITY_CONTAINER`` (the image
+    path); bidsfm's Docker image sets ``BIDSFM_CONTAINER=docker``.
+    """
+    import os
+
+    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        if os.environ.get(var):
+            return {"Type": "apptainer", "URI": Path(os.environ[var]).resolve().as_uri()}
+    if os.environ.get("BIDSFM_CONTAINER") == "docker":
+        return {"Type": "docker", "Tag": f"bidsfm:{__version__}"}
+    return None
+
+
 def generated_by() -> dict[str, Any]:
-    """The ``GeneratedBy`` entry describing this bidsfm version."""
-    return {"Name": "bidsfm", "Version": __version__}
+    """The ``GeneratedBy`` entry describing this bidsfm version (and its container)."""
+    entry: dict[str, Any] = {"Name": "bidsfm", "Version": __version__, "CodeURL": code_url()}
+    container = container_info()
+    if container:
+        entry["Container"] = container
+    return entry
+
+
+#: what no BIDS specification covers (BIDS 1.11 has no rule for ROI time series, relationship
+#: matrices, model outputs, reports or group tables): listed in the output's ``.bidsignore``
+#: so that the BIDS validator checks everything else
+BIDSIGNORE_PATTERNS = (
+    "*.html", "logs/", "figures", "group",
+    "*_timeseries.tsv", "*_timeseries.json", "*_relmat.tsv", "*_relmat.json",
+    "*_stat-coverage_bold.tsv", "*_qc.tsv", "*_qc.json",
+    "*_embedding.tsv", "*_embedding.json", "*_predictions.tsv", "*_attention.tsv",
+    "*_statmap.nii.gz", "*_statmap.json",
+)
+
+OUTPUT_README = """# bidsfm outputs
+
+This is a BIDS derivatives dataset written by bidsfm {version} from fMRIPrep outputs
+(see `dataset_description.json`: `GeneratedBy`, `DatasetLinks`, `SourceDatasets`).
+
+For each preprocessed BOLD run and atlas: denoised ROI time series
+(`*_atlas-<A>_stat-mean_timeseries.tsv`), ROI coverage (`*_stat-coverage_bold.tsv`),
+Pearson and Fisher-z connectivity (`*_stat-pearsoncorrelation[_desc-fisherz]_relmat.tsv`,
+named as XCP-D names them), a QC table (`*_qc.tsv`) and, with a foundation model, embeddings,
+predictions and ROI attention (`*_desc-<MODEL>_*`). `sub-<label>.html` are the participant
+reports; `group/` and `group.html` the group level; `logs/CITATION.md` the methods text.
+The atlases used are in `sourcedata/atlases/` (a BIDS-Atlas dataset with each atlas's
+image, labels, source and sha256). Files that no BIDS specification covers yet are listed in
+`.bidsignore`.
+
+Model predictions are research outputs, not clinical diagnoses.
+"""
+
+
+def source_datasets(input_dir: str | Path) -> list[dict[str, str]]:
+    """``SourceDatasets`` of the output: the input dataset as a BIDS URI, with its DOI and the
+    version of the pipeline that made it when its description states them."""
+    entry: dict[str, str] = {"URL": "bids:preprocessed:"}
+    try:
+        meta: Any = json.loads((Path(input_dir) / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    if isinstance(meta, dict):
+        doi = meta.get("DatasetDOI")
+        if isinstance(doi, str) and doi.strip():
+            entry["DOI"] = doi.strip()
+    upstream = input_generated_by(input_dir)
+    if upstream and upstream[0].get("Version"):
+        entry["Version"] = str(upstream[0]["Version"])
+    return [entry]
+
+
+def write_dataset_files(output_dir: str | Path) -> None:
+    """Write the output's ``README.md`` and ``.bidsignore`` when missing or out of date."""
+    out = Path(output_dir)
+    readme = OUTPUT_README.format(version=__version__)
+    for path, text in ((out / "README.md", readme),
+                       (out / ".bidsignore", "\n".join(BIDSIGNORE_PATTERNS) + "\n")):
+        try:
+            current = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != text:
+            write_text_atomic(path, text)
 
 
 def input_generated_by(input_dir: str | Path) -> list[dict[str, Any]]:
@@ -407,13 +514,98 @@ def ensure_dataset_description(output_dir: str | Path, input_dir: str | Path,
             "DatasetType": "derivative",
             "GeneratedBy": [generated_by()] + [
                 g for g in upstream if isinstance(g, dict) and g.get("Name") != "bidsfm"],
+            "SourceDatasets": source_datasets(input_dir),
             "DatasetLinks": links,
             "HowToAcknowledge": "Please cite bidsfm and the tools listed in GeneratedBy; see "
                                 "logs/CITATION.md when present.",
         }
         if desc != existing:
             write_json_atomic(path, desc)
+        write_dataset_files(output_dir)
     return path
+
+
+ATLAS_README = """# Atlases used by bidsfm
+
+A BIDS-Atlas dataset (BIDS 1.11) holding each atlas that bidsfm laid on the runs of the
+enclosing output dataset: `tpl-<template>/anat/tpl-<template>_atlas-<name>_dseg.nii.gz` (the
+label image), `_dseg.tsv` (`index`, `name`), `_dseg.json` (source and sha256 of the file as
+read) and `atlas-<name>_description.json`. How each atlas was placed on each run (identical
+grid, resampling, template transform or world coordinates) is in the run's own sidecars.
+"""
+
+#: where the atlases used are written, as a BIDS-Atlas dataset (XCP-D's place for them)
+ATLAS_DATASET = Path("sourcedata") / "atlases"
+
+
+def atlas_dataset_paths(output_dir: str | Path, atlas_name: str, template: str
+                        ) -> dict[str, Path]:
+    """Files of one atlas in the output's BIDS-Atlas dataset (``sourcedata/atlases``):
+    ``atlas-<A>_description.json`` and ``tpl-<T>/anat/tpl-<T>_atlas-<A>_dseg.*`` (BIDS 1.11
+    atlas layout)."""
+    root = Path(output_dir) / ATLAS_DATASET
+    stem = root / f"tpl-{template}" / "anat" / f"tpl-{template}_{ATLAS_ENTITY}-{atlas_name}_dseg"
+    return {"root": root,
+            "description": root / f"atlas-{atlas_name}_description.json",
+            "image": stem.with_name(stem.name + ".nii.gz"),
+            "labels": stem.with_name(stem.name + ".tsv"),
+            "sidecar": stem.with_name(stem.name + ".json")}
+
+
+def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> Path:
+    """Write an atlas used by a run into the output's BIDS-Atlas dataset, once.
+
+    The label image (gzipped NIfTI, as read), its labels table (``index``, ``name``) and a
+    sidecar with the source, sha256 and template, under ``sourcedata/atlases`` (with its own
+    ``dataset_description.json``), as XCP-D does. An atlas without a known template (a user
+    file without ``tpl-``/``space-``) is filed under the run's space, where bidsfm placed it.
+    Idempotent and safe for parallel jobs (file lock); returns the image path.
+    """
+    import gzip
+    import hashlib
+
+    from filelock import FileLock
+
+    template = atlas.template or run_space
+    paths = atlas_dataset_paths(output_dir, atlas.name, template)
+    raw = Path(atlas.image).read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    meta = {"Atlas": atlas.name, "Template": template, "SpatialReference": template,
+            "Source": str(atlas.source),
+            "SHA256": sha, "NumberOfROIs": int(len(atlas.labels)),
+            "Description": f"Label image of atlas {atlas.name} as read by bidsfm (the file "
+                           "whose sha256 is given); each run's sidecars record how it was "
+                           "placed on the run's grid."}
+    try:
+        current = json.loads(paths["sidecar"].read_text())
+    except (OSError, ValueError):
+        current = None
+    if current == meta and paths["image"].is_file() and paths["labels"].is_file():
+        return paths["image"]
+    root = paths["root"]
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".atlases.lock"), timeout=120):
+        desc = root / "dataset_description.json"
+        if not desc.is_file():
+            write_json_atomic(desc, {"Name": "Atlases used by bidsfm", "BIDSVersion": BIDS_VERSION,
+                                     "DatasetType": "derivative",
+                                     "GeneratedBy": [generated_by()]})
+            write_text_atomic(root / "README.md", ATLAS_README)
+        paths["image"].parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(paths["image"]) as tmp:
+            # no file name or time stamp in the gzip header (BIDS privacy checks)
+            data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+            tmp.write_bytes(gzip.compress(data, mtime=0))
+        labels = atlas.labels[["index", "name"]]
+        with atomic_path(paths["labels"]) as tmp:
+            labels.to_csv(tmp, sep="\t", index=False)
+        write_json_atomic(paths["description"], {
+            "Name": atlas.name, "SpatialReference": template,
+            "ReferencesAndLinks": [str(atlas.source)],
+            "Description": f"{atlas.name} parcellation ({len(atlas.labels)} ROIs) in "
+                           f"{template}; see the dseg sidecar for the file's sha256."})
+        write_json_atomic(paths["sidecar"], meta)
+    return paths["image"]
 
 
 def bids_uri(dataset: str, relpath: str) -> str:

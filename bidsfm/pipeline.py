@@ -206,7 +206,7 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         a one-line reason, in the result and in the run's QC table.
     """
     from .atlases import resolve_atlas
-    from .derivatives import run_dir
+    from .derivatives import run_dir, write_atlas_dataset
     from .utils import remove_stale_temps
 
     label = run.prefix
@@ -217,6 +217,8 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         atlas_ids = [f"{a.name}:{a.sha256 or a.source}" for a in atlases]
         phash = parameters_hash(run, atlas_ids, options)
         all_paths = {a.name: output_paths(run, a.name, output_dir) for a in atlases}
+        for atlas in atlases:  # the atlases used, as a BIDS-Atlas dataset in the output
+            write_atlas_dataset(output_dir, atlas, run.space)
         todo = [a for a in atlases if not is_complete(all_paths[a.name], phash)]
         results = [RunResult(label, a.name, "reused", "outputs complete from an earlier run",
                              [str(p) for p in all_paths[a.name].values()])
@@ -229,6 +231,10 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         if err.path is None:  # e.g. a filter error: name the run it happened on
             err.path = run.bold
         message = err.one_line()
+    except OSError as exc:  # a full or read-only output folder, an unreadable file
+        from .errors import os_error_line
+
+        message = os_error_line(exc, output_dir, run.bold)
     except Exception as exc:  # an unexpected failure still must not stop other runs
         LOGGER.exception("internal error while processing %s", run.bold)
         message = (f"{run.bold}: internal error ({type(exc).__name__}: {exc}). Please report "
@@ -276,8 +282,9 @@ def _write_failure(paths: dict[str, Path], run: BoldRun, atlas_name: str, messag
     try:
         _write_qc(paths, row, {"Status": "error", "Reason": message,
                                "Options": options.to_dict()})
-    except OSError:
-        LOGGER.exception("cannot write QC for %s", run.bold)
+    except OSError as exc:  # e.g. a full disk: one line, the run's error is logged already
+        LOGGER.error("%s: its QC table could not be written either (%s)", run.bold,
+                     exc.strerror or exc)
 
 
 def _check_placement(atlas: Any, run: BoldRun, info: dict[str, Any]) -> dict[str, Any]:

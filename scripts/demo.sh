@@ -27,7 +27,7 @@ echo "== bidsfm exited with code $code (participant level) and $gcode (group lev
 echo "Outputs (BIDS derivatives): $DEMO/bidsfm"
 find "$DEMO/bidsfm" -name '*_timeseries.tsv' | sort | sed 's/^/  /' | head -20
 echo "Each run has: *_stat-mean_timeseries.tsv(.json), *_stat-coverage_bold.tsv,"
-echo "  *_meas-PearsonCorrelation_relmat.tsv (+ desc-fisherz), *_qc.tsv(.json),"
+echo "  *_stat-pearsoncorrelation_relmat.tsv (+ desc-fisherz), *_qc.tsv(.json),"
 echo "  and from the bundled model: *_desc-bidsfmfc_{embedding,predictions,attention}.tsv,"
 echo "  *_stat-attention_desc-bidsfmfc_statmap.nii.gz. See docs/outputs.md and docs/models.md."
 pred=$(find "$DEMO/bidsfm" -path '*/func/*' -name '*_predictions.tsv' | sort | head -1)
