@@ -28,6 +28,9 @@ from . import html as h
 from .readers import entities, read_json, read_tsv
 
 QC_SUFFIX = RUN_OUTPUT_TAILS["qc"]
+#: the note shown in place of figures in a report written with ``--no-figures``
+NO_FIGURES = ("Figures not drawn (--no-figures). Draw them from the outputs on disk, without "
+              "reprocessing, with: bidsfm BIDS_DIR OUTPUT_DIR participant --reports-only.")
 TS_SUFFIX = RUN_OUTPUT_TAILS["timeseries"]
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 #: run entities shown in titles, in BIDS order
@@ -117,7 +120,7 @@ def find_runs(subject_dir: Path) -> list[RunOutputs]:
     return sorted(found.values(), key=RunOutputs.sort_key)
 
 
-def write_subject_report(output_dir: Path, subject: str) -> Path:
+def write_subject_report(output_dir: Path, subject: str, *, figures: bool = True) -> Path:
     """Write ``OUTPUT_DIR/sub-<label>.html`` from the subject's derivatives on disk.
 
     Parameters
@@ -126,6 +129,10 @@ def write_subject_report(output_dir: Path, subject: str) -> Path:
         The bidsfm derivatives folder.
     subject : str
         Participant label, with or without ``sub-``.
+    figures : bool
+        Draw and embed the figures (carpet plot, FC matrix, coverage, attention glass brain).
+        ``False`` (``--no-figures``) writes the tables and a note in place of each figure,
+        without importing matplotlib.
 
     Returns
     -------
@@ -147,7 +154,7 @@ def write_subject_report(output_dir: Path, subject: str) -> Path:
                              remedy="Run the participant level for this participant first")
     runs = find_runs(subject_dir)
     body = [_summary(runs, subject_dir, output_dir)]
-    body += [_run_section(run, subject_dir) for run in runs]
+    body += [_run_section(run, subject_dir, figures) for run in runs]
     toc = [("summary", "Summary")] + [(r.anchor, f"{r.label} ({r.atlas})") for r in runs]
     desc, _ = read_json(output_dir / "dataset_description.json")
     tools = ", ".join(f"{g.get('Name')} {g.get('Version', '')}".strip()
@@ -204,7 +211,7 @@ def _summary(runs: list[RunOutputs], subject_dir: Path, output_dir: Path) -> str
     return h.section("Summary", body, "summary")
 
 
-def _run_section(run: RunOutputs, subject_dir: Path) -> str:
+def _run_section(run: RunOutputs, subject_dir: Path, figures: bool = True) -> str:
     qc, problem = _qc_row(run)
     status = _status(run, qc)
     parts: list[str] = []
@@ -217,11 +224,11 @@ def _run_section(run: RunOutputs, subject_dir: Path) -> str:
     elif status != "ok":
         kind = "bad" if status == "error" else "warn"
         parts.append(h.note(f"Run {status}: {qc.get('reason') or 'no reason recorded'}", kind))
-    figs = _signal_figures(run, qc, status)
+    figs = _signal_figures(run, qc, status, figures)
     parts.append('<div class="grid"><div>' + _qc_table(run, qc) + "</div>" + figs[0] + "</div>")
     if len(figs) > 1:
         parts.append('<div class="grid">' + "".join(figs[1:]) + "</div>")
-    parts.append(_model_part(run, qc, subject_dir))
+    parts.append(_model_part(run, qc, subject_dir, figures))
     title = f"{run.label} · {run.atlas}"
     return h.section(title, "".join(parts), run.anchor, css_class="run")
 
@@ -265,11 +272,14 @@ def _qc_table(run: RunOutputs, qc: dict[str, Any]) -> str:
         [(k, v) for k, v in pairs if v not in (None, "")], raw_keys=raw)
 
 
-def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str) -> list[str]:
+def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str,
+                    figures_on: bool = True) -> list[str]:
     """HTML of the carpet plot, FC matrix and coverage figures (or notes saying why not)."""
     if status in ("skipped", "error") and not run.path(TS_SUFFIX).is_file():
         return [h.note("No time series, connectivity or coverage for this run (not processed "
                        "past QC).", "warn")]
+    if not figures_on:
+        return [h.note(NO_FIGURES)]
     figs: list[str] = []
     ts, problem = read_tsv(run.path(TS_SUFFIX))
     meta, _ = read_json(run.output("timeseries_json"))
@@ -320,7 +330,8 @@ def _model_name(run: RunOutputs, qc: dict[str, Any]) -> str | None:
     return entities(hits[0].name).get("desc") if hits else None
 
 
-def _model_part(run: RunOutputs, qc: dict[str, Any], subject_dir: Path) -> str:
+def _model_part(run: RunOutputs, qc: dict[str, Any], subject_dir: Path,
+                figures: bool = True) -> str:
     model = _model_name(run, qc)
     head = "<h4>Foundation model</h4>"
     if model is None:
@@ -357,7 +368,7 @@ def _model_part(run: RunOutputs, qc: dict[str, Any], subject_dir: Path) -> str:
             rows.append([rec.get("head"), value, prob_text, _validation_text(meta)])
         parts.append(h.table(["head", "prediction", "probability", "validation (card)"],
                              rows))
-    parts.append(_attention_part(run, model, subject_dir))
+    parts.append(_attention_part(run, model, subject_dir, figures))
     return "".join(parts)
 
 
@@ -376,7 +387,8 @@ def _validation_text(meta: Any) -> str:
     return scheme or "n/a"
 
 
-def _attention_part(run: RunOutputs, model: str, subject_dir: Path) -> str:
+def _attention_part(run: RunOutputs, model: str, subject_dir: Path,
+                    figures: bool = True) -> str:
     parts = ["<h4>ROI attention</h4>"]
     att, problem = read_tsv(run.output("attention", model), index_col=0)
     if att is not None and att.shape[1]:
@@ -388,17 +400,21 @@ def _attention_part(run: RunOutputs, model: str, subject_dir: Path) -> str:
         parts.append(h.table(["head", "top ROIs by |integrated-gradients attribution|"], rows))
     elif problem:
         parts.append(h.note(problem, "warn"))
-    png_path = subject_dir / "figures" / (run.base.name + FIGURE_TAIL.format(model=model))
+    png_path = _figure_path(run, model, subject_dir)
     statmap = run.output("statmap", model)
-    caption = ("Integrated-gradients attribution of each head to each ROI, on a glass brain "
-               "(red: pushes the head's output up, blue: down).")
-    if png_path.is_file():
+    caption = ("Integrated-gradients attribution of each head to each ROI: signed maximum "
+               "projections on a glass brain, one row per head (red: pushes the head's output "
+               "up, blue: down).")
+    if not figures:
+        if statmap.is_file():
+            parts.append(h.note(NO_FIGURES))
+        else:
+            parts.append(h.note("No attention map for this run.", "warn"))
+    elif png_path.is_file():
         parts.append(h.figure_file(png_path, "attention glass brain", caption))
     elif statmap.is_file():
-        meta, _ = read_json(run.output("statmap_json", model))
-        heads = [str(x) for x in (meta or {}).get("Heads", [])]
         try:
-            png = figures.glass_brain(str(statmap), heads, f"ROI attribution ({model})")
+            png = _glass_brain(run, model)
             parts.append(h.figure(png, "attention glass brain", caption))
         except Exception as exc:  # a corrupt statmap must not stop the report
             parts.append(h.note(f"{statmap.name}: cannot be rendered ({type(exc).__name__})",
@@ -406,3 +422,71 @@ def _attention_part(run: RunOutputs, model: str, subject_dir: Path) -> str:
     else:
         parts.append(h.note("No attention map for this run.", "warn"))
     return "".join(parts)
+
+
+def _figure_path(run: RunOutputs, model: str, subject_dir: Path) -> Path:
+    """The run's attention PNG in ``sub-X/figures/`` (name from :mod:`bidsfm.derivatives`)."""
+    return subject_dir / "figures" / (run.base.name + FIGURE_TAIL.format(model=model))
+
+
+def _glass_brain(run: RunOutputs, model: str) -> bytes:
+    """PNG of the run's attention statmap (heads named by its sidecar)."""
+    meta, _ = read_json(run.output("statmap_json", model))
+    heads = [str(x) for x in (meta or {}).get("Heads", [])]
+    return figures.glass_brain(str(run.output("statmap", model)), heads,
+                               f"ROI attribution ({model})")
+
+
+def redraw_figures(output_dir: Path, subject: str) -> tuple[list[Path], list[str]]:
+    """Draw the attention PNGs of a participant again from the statmaps on disk.
+
+    Used by ``--reports-only`` (and after ``--no-figures``): every run with an attention
+    statmap gets ``sub-<label>/figures/<run>_…_desc-<MODEL>_attention.png`` (written
+    atomically), without reprocessing anything.
+
+    Parameters
+    ----------
+    output_dir : Path
+        The bidsfm derivatives folder.
+    subject : str
+        Participant label, with or without ``sub-``.
+
+    Returns
+    -------
+    written : list of Path
+        The PNGs written.
+    problems : list of str
+        One line per statmap that could not be drawn (the others are still drawn).
+
+    Raises
+    ------
+    ConfigError
+        If the label is invalid.
+    InputDataError
+        If the output folder holds no ``sub-<label>`` folder.
+    """
+    from ..utils import atomic_path
+
+    output_dir = Path(output_dir)
+    label = normalize_subject(subject)
+    subject_dir = output_dir / f"sub-{label}"
+    if not subject_dir.is_dir():
+        raise InputDataError(f"no outputs for participant sub-{label}", path=subject_dir,
+                             remedy="Run the participant level for this participant first")
+    written, problems = [], []
+    for run in find_runs(subject_dir):
+        qc, _ = _qc_row(run)
+        model = _model_name(run, qc)
+        if model is None or not run.output("statmap", model).is_file():
+            continue
+        path = _figure_path(run, model, subject_dir)
+        try:
+            png = _glass_brain(run, model)
+        except Exception as exc:  # one unreadable statmap must not stop the others
+            problems.append(f"{run.output('statmap', model)}: cannot be drawn "
+                            f"({type(exc).__name__}: {exc})")
+            continue
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(png)
+        written.append(path)
+    return written, problems
