@@ -482,27 +482,99 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                                  "--task-id and the filter file")
 
     from .derivatives import ensure_dataset_description
+    from .errors import output_error
 
     links = {"preprocessed": str(fmriprep_dir)}
     if bids_dir != fmriprep_dir:
         links["raw"] = str(bids_dir)
-    ensure_dataset_description(output_dir, fmriprep_dir, links)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        locks = lock_participants(output_dir, runs_by_participant, problems)
+    except OSError as exc:
+        raise output_error(exc, output_dir) from None
+    try:
+        try:
+            _remove_shared_temps(output_dir)
+            ensure_dataset_description(output_dir, fmriprep_dir, links)
+        except OSError as exc:
+            raise output_error(exc, output_dir) from None
 
-    n_runs = sum(len(r) for r in runs_by_participant.values())
-    LOGGER.info("bidsfm %s: %d run(s) of %d participant(s) from %s; atlases %s; strategy %s",
-                __version__, n_runs, len(participants), fmriprep_dir,
-                ",".join(options.atlases), options.strategy)
-    results: list[dict] = []
-    if n_runs:
-        results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts, model,
-                                heads)
-        _subject_reports(output_dir, [p for p, r in runs_by_participant.items() if r])
-        _citation(output_dir, options, model)
+        n_runs = sum(len(r) for r in runs_by_participant.values())
+        LOGGER.info("bidsfm %s: %d run(s) of %d participant(s) from %s; atlases %s; strategy "
+                    "%s", __version__, n_runs, len(participants), fmriprep_dir,
+                    ",".join(options.atlases), options.strategy)
+        results: list[dict] = []
+        if n_runs:
+            try:
+                work_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise output_error(exc, work_dir, "work folder") from None
+            results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts,
+                                    model, heads)
+            _subject_reports(output_dir, [p for p, r in runs_by_participant.items() if r])
+            _citation(output_dir, options, model)
+    finally:
+        for lock in locks:
+            lock.release()
     _print_summary(results, problems, output_dir)
     failed = [r for r in results if r["status"] == "error"]
     if failed or problems or atlas_problems:
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def lock_participants(output_dir: Path, runs_by_participant: dict[str, list],
+                      problems: list) -> list:
+    """Take each participant's lock in ``output_dir``; leave busy participants to their job.
+
+    A participant whose lock (:func:`bidsfm.locks.participant_lock_path`) another job holds
+    gets one error line, ``another bidsfm job is processing sub-X (lock FILE, pid N on HOST)``,
+    a :class:`~bidsfm.discovery.RunProblem` in ``problems`` and no runs (its entry in
+    ``runs_by_participant`` is emptied); the other participants go on. Under its lock, the
+    temporary files a killed job left in a participant's folder (and of its report) are
+    removed: no other job can be writing them.
+
+    Returns
+    -------
+    list of ExclusiveLock
+        The locks taken; release them when the participants' outputs are written.
+    """
+    from .discovery import RunProblem
+    from .locks import ExclusiveLock, participant_lock_path
+    from .utils import remove_stale_temps
+
+    held = []
+    for label, runs in runs_by_participant.items():
+        if not runs:
+            continue
+        lock = ExclusiveLock(participant_lock_path(output_dir, label))
+        if not lock.acquire(timeout=0):
+            holder = lock.holder()
+            msg = (f"another bidsfm job is processing sub-{label} (lock {lock.path}"
+                   f"{', ' + holder if holder else ''}); sub-{label} is left to it. Rerun "
+                   f"sub-{label} once that job has ended if it did not finish")
+            LOGGER.error("%s", msg)
+            problems.append(RunProblem(f"sub-{label}", msg))
+            runs_by_participant[label] = []
+            continue
+        held.append(lock)
+        n = (remove_stale_temps(output_dir / f"sub-{label}", recursive=True)
+             + remove_stale_temps(output_dir, f"sub-{label}."))
+        if n:
+            LOGGER.info("sub-%s: removed %d temporary file(s) left by an interrupted job",
+                        label, n)
+    return held
+
+
+def _remove_shared_temps(output_dir: Path) -> None:
+    """Remove temporary files of ``dataset_description.json`` left by a killed job, under the
+    lock its writers take (``logs/CITATION.md``'s are removed by its writer)."""
+    from filelock import FileLock
+
+    from .utils import remove_stale_temps
+
+    with FileLock(str(output_dir / ".dataset_description.json.lock"), timeout=120):
+        remove_stale_temps(output_dir, "dataset_description.")
 
 
 def absolute_paths(opts: dict[str, Any]) -> dict[str, Any]:
@@ -675,7 +747,6 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
     # validate the strategy once (a bad strategy file is a usage error, not N run errors)
     get_strategy(options.strategy, fd_threshold=options.fd_threshold,
                  std_dvars_threshold=options.dvars_threshold)
-    work_dir.mkdir(parents=True, exist_ok=True)
     _quiet_nipype(opts["verbose"])
     wf = init_bidsfm_wf(runs_by_participant, options, output_dir, work_dir,
                         omp_nthreads=opts["omp_nthreads"],

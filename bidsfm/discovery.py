@@ -331,7 +331,9 @@ def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path
         Labels (without ``sub-``) to index; every other ``sub-*`` is ignored.
     database_dir : Path or None
         Where to keep the SQLite index. A sub-folder keyed by the root and participants is
-        used so that different jobs never share (or corrupt) one database.
+        used, under a lock held as long as the layout lives; a job that finds it locked
+        (another job is indexing or querying it) indexes into a private sub-folder, removed
+        with its layout, so that two jobs never share (or corrupt) one database.
     view : bool
         Index the participants' view (default). False indexes the real root, excluding the
         other participants by an ignore pattern only (the former behaviour, kept for the
@@ -354,24 +356,44 @@ def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path
     indexer = BIDSLayoutIndexer(validate=False, index_metadata=False, ignore=ignore)
     kwargs: dict[str, Any] = {}
     scratch = None  # a temporary folder for the view, removed with the layout
+    lock = None
     if database_dir is not None:
+        from .locks import ExclusiveLock
+
         key = hashlib.sha1(
             (str(fmriprep_dir) + "|" + ",".join(participants)).encode()
         ).hexdigest()[:12]
+        Path(database_dir).mkdir(parents=True, exist_ok=True)
         db = Path(database_dir) / f"layout-{key}"
+        lock = ExclusiveLock(Path(database_dir) / f".layout-{key}.lock")
+        if not lock.acquire(timeout=0):  # another job uses this index now
+            lock = None
+            db = Path(tempfile.mkdtemp(prefix=f"layout-{key}.", dir=database_dir))
+            scratch = str(db)
+            LOGGER.info("the pybids index %s is in use by another job; indexing into %s",
+                        Path(database_dir) / f"layout-{key}", db)
         db.mkdir(parents=True, exist_ok=True)
         kwargs["database_path"] = str(db / "index")
         where = db
     else:
         scratch = tempfile.mkdtemp(prefix="bidsfm-layout-")
         where = Path(scratch)
-    root = (_participant_view(fmriprep_dir, participants, where)
-            if participants and view else None)
-    layout = BIDSLayout(str(root or fmriprep_dir), validate=False,
-                        config=["bids", "derivatives"], indexer=indexer, **kwargs)
+    try:
+        root = (_participant_view(fmriprep_dir, participants, where)
+                if participants and view else None)
+        layout = BIDSLayout(str(root or fmriprep_dir), validate=False,
+                            config=["bids", "derivatives"], indexer=indexer, **kwargs)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     layout._bidsfm_real_root = str(fmriprep_dir)  # for real_path
     if scratch is not None:
         weakref.finalize(layout, shutil.rmtree, scratch, True)
+    if lock is not None:
+        weakref.finalize(layout, lock.release)
     return layout
 
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,22 +47,65 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def remove_stale_temps(folder: str | Path, prefix: str) -> int:
-    """Delete temporary files left by :func:`atomic_path` for names starting with ``prefix``.
+#: names :func:`atomic_path` gives its temporary files: ``.<stem>.<8 random>.tmp<suffixes>``
+#: (the stem is the final name up to its first dot; the random part is :mod:`tempfile`'s)
+TEMP_NAME = re.compile(r"\.(?P<stem>[^./][^./]*)\.[a-z0-9_]{8}\.tmp(\.[^/]*)?")
+
+
+def temp_stem(name: str) -> str | None:
+    """The stem of the final file if ``name`` is a temporary name of :func:`atomic_path`.
+
+    Returns None for every other name (a user's ``notes.tmp.txt``, a lock file ...).
+    """
+    m = TEMP_NAME.fullmatch(name)
+    return None if m is None else m.group("stem")
+
+
+def remove_stale_temps(folder: str | Path, prefix: str = "", *, recursive: bool = False) -> int:
+    """Delete temporary files that :func:`atomic_path` left for names starting with ``prefix``.
 
     A job killed while writing leaves a hidden ``.<name>.<random>.tmp<suffix>`` file; it is
-    removed before the same run is processed again. Returns the number of files removed.
+    removed when the same outputs are written again. Only names of :data:`TEMP_NAME` are
+    considered, and ``prefix`` ends at an entity boundary: ``sub-01_task-rest_run-1`` matches
+    the stems ``sub-01_task-rest_run-1`` and ``sub-01_task-rest_run-1_...``, never
+    ``sub-01_task-rest_run-10...`` (whose live temporary files a parallel node may be
+    writing). A trailing ``.`` (``"group."``) asks for that exact stem; ``""`` matches every
+    temporary file.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Where to look (nothing happens when it is not a folder).
+    prefix : str
+        Stem prefix, see above.
+    recursive : bool
+        Also look in sub-folders (symlinked folders are not followed).
+
+    Returns
+    -------
+    int
+        The number of files removed.
     """
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.is_dir() or folder.is_symlink():
         return 0
+    exact = prefix.endswith(".")
+    prefix = prefix.rstrip(".")
     n = 0
-    for tmp in folder.glob(f".{prefix}*.tmp*"):
-        try:
-            tmp.unlink()
-            n += 1
-        except OSError:
-            pass
+    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for dirpath, _dirs, names in walker:
+        for name in names:
+            stem = temp_stem(name)
+            if stem is None or not (stem == prefix or not prefix or (
+                    not exact and stem.startswith(prefix + "_"))):
+                continue
+            path = Path(dirpath) / name
+            try:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    n += 1
+            except OSError:
+                pass
     return n
 
 

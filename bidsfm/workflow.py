@@ -139,6 +139,11 @@ class EncodeParticipant(SimpleInterface):
         except BidsfmError as err:
             results = [{"run": r.prefix, "status": "error", "reason": err.one_line()}
                        for r in runs]
+        except OSError as exc:  # a full or read-only output folder
+            from .errors import os_error_line
+
+            line = os_error_line(exc, self.inputs.output_dir, self.inputs.model)
+            results = [{"run": r.prefix, "status": "error", "reason": line} for r in runs]
         except Exception as exc:  # an unexpected failure must not crash the workflow
             LOGGER.exception("internal error while encoding %s", self.inputs.model)
             reason = (f"{self.inputs.model}: internal error while encoding "

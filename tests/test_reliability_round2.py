@@ -8,6 +8,7 @@ spelled here, so the tests do not depend on the naming scheme.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -197,3 +198,194 @@ def test_bids_database_dir_inside_input_refused(tmp_path, tiny_ds, capsys):
     assert len(lines) == 1 and "BIDS database folder" in lines[0], lines
     assert tree_state(case.ds) == before
     assert not case.out.exists()
+
+
+# --- temporary files and locks ------------------------------------------------------------
+
+def _temp(folder: Path, stem: str, suffix: str = ".tsv") -> Path:
+    """A temporary file named as bidsfm.utils.atomic_path names them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{stem}.k1ll3d_x.tmp{suffix}"
+    path.write_text("partial")
+    return path
+
+
+def test_temp_name_pattern_and_entity_boundary(tmp_path):
+    """Only bidsfm's own temporary names are removed, and a run's prefix stops at an entity
+    boundary (run-1 never removes run-10's live temporary files)."""
+    from bidsfm.utils import atomic_path, remove_stale_temps, temp_stem
+
+    with atomic_path(tmp_path / "sub-01_task-rest_run-1_relmat.tsv") as tmp:
+        assert temp_stem(tmp.name) == "sub-01_task-rest_run-1_relmat"
+    own = _temp(tmp_path, "sub-01_task-rest_run-1_stat-mean_timeseries")
+    run10 = _temp(tmp_path, "sub-01_task-rest_run-10_stat-mean_timeseries")
+    users = [tmp_path / n for n in ("notes.tmp.txt", ".sub-01_task-rest_run-1.tmp",
+                                    ".sub-01_task-rest_run-1_x.tmp.tsv", "a.k1ll3d_x.tmp.tsv")]
+    for p in users:
+        p.write_text("mine")
+    assert remove_stale_temps(tmp_path, "sub-01_task-rest_run-1") == 1
+    assert not own.exists() and run10.exists() and all(p.exists() for p in users)
+    assert remove_stale_temps(tmp_path) == 1 and not run10.exists()
+    assert all(p.exists() for p in users)
+
+
+def test_rerun_removes_stale_temporary_files(tmp_path, tiny_ds, capsys):
+    """A successful rerun removes the temporary files a killed job left in the participant's
+    folder, of its report and of the shared files; a user's files and another participant's
+    temporary files are kept."""
+    case = make_case(tiny_ds, tmp_path)
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    sub = case.out / "sub-03"
+    stale = [_temp(sub / "func", "sub-03_task-rest_run-1_space-X_relmat"),
+             _temp(sub / "func", "sub-03_task-rest_run-2_qc", ".json"),
+             _temp(sub / "figures", "sub-03_task-rest_run-1_desc-x", ".png"),
+             _temp(case.out, "sub-03", ".html"), _temp(case.out / "logs", "CITATION", ".md"),
+             _temp(case.out, "dataset_description", ".json")]
+    kept = [_temp(case.out, "sub-02", ".html"), sub / "func" / "notes.tmp.txt"]
+    kept[1].write_text("a user's file")
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept)
+
+
+def test_busy_participant_is_left_to_its_job(tmp_path, tiny_ds, capsys):
+    """Another job holding sub-03's lock: one clear line naming the lock, nothing of sub-03
+    touched (not even its stale temporary files), the other participant processed; exit 1.
+    Once the lock is released, a rerun processes sub-03 and leaves no lock file."""
+    from conftest import clone_dataset
+    from faultkit import error_lines
+
+    from bidsfm.locks import ExclusiveLock, participant_lock_path
+
+    case = make_case(tiny_ds, tmp_path)
+    shutil.rmtree(case.ds)
+    clone_dataset(tiny_ds["root"], case.ds, ["02", "03"])
+    case.out.mkdir()
+    live = _temp(case.out / "sub-03" / "func", "sub-03_task-rest_run-1_relmat")
+    other = ExclusiveLock(participant_lock_path(case.out, "03"))
+    assert other.acquire(timeout=0)
+    try:
+        code, log = case.cli("--participant-label", "02", capsys=capsys)
+        assert code == 1, log
+        assert "Traceback" not in log
+        lines = error_lines(log)
+        assert len(lines) == 1, lines
+        assert "another bidsfm job is processing sub-03 (lock " in lines[0], lines
+        assert str(other.path) in lines[0] and f"pid {os.getpid()}" in lines[0]
+        assert live.exists()
+        assert set(_statuses(case.out).values()) == {"ok"}
+        assert {k.split("_")[0] for k in _statuses(case.out)} == {"sub-02"}
+    finally:
+        other.release()
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    assert _statuses(case.out)["sub-03_task-rest_run-1"] == "ok"
+    assert not list(case.out.glob(".sub-*.lock")) and not live.exists()
+
+
+def test_stale_lock_file_of_a_killed_job_is_taken(tmp_path, tiny_ds, capsys):
+    """A lock file left by a killed job (nobody holds its lock) does not block the rerun."""
+    from bidsfm.locks import participant_lock_path
+
+    case = make_case(tiny_ds, tmp_path)
+    case.out.mkdir()
+    participant_lock_path(case.out, "03").write_text("pid 1 on a-dead-node\n")
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    assert not participant_lock_path(case.out, "03").exists()
+
+
+def test_lock_removed_on_release_is_not_shared(tmp_path):
+    """A waiter that opened the lock file just before its holder removed it takes a fresh
+    lock file; two holders never coexist."""
+    from bidsfm.locks import ExclusiveLock
+
+    path = tmp_path / ".sub-01.lock"
+    first, second = ExclusiveLock(path), ExclusiveLock(path)
+    assert first.acquire(timeout=0)
+    assert not second.acquire(timeout=0.2)
+    first.release()
+    assert not path.exists()
+    assert second.acquire(timeout=0) and path.exists()
+    assert not ExclusiveLock(path).acquire(timeout=0)
+    second.release()
+
+
+def test_two_layouts_of_one_index_folder_do_not_share_a_database(tmp_path, tiny_ds):
+    """Two jobs indexing the same participants into one --bids-database-dir (or work folder)
+    at once: the second gets its own index (they shared one SQLite file: sqlite errors), which
+    is removed when its job ends; the shared one stays for reuse."""
+    import subprocess
+
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from bidsfm.discovery import build_layout, collect_runs\n"
+        "root, db = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "layouts = [build_layout(root, ['03'], db) for _ in range(2)]\n"
+        "dbs = {str(l.connection_manager.engine.url) for l in layouts}\n"
+        "assert len(dbs) == 2, dbs\n"
+        "for layout in layouts:\n"
+        "    runs, problems = collect_runs(layout, root, '03')\n"
+        "    assert len(runs) == 2 and not problems, problems\n"
+        "print(len([p for p in db.iterdir() if p.name.startswith('layout-')]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_ds["root"]),
+                           str(tmp_path / "db")], capture_output=True, text=True,
+                          env={**os.environ, "NIPYPE_NO_ET": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "2"
+    left = sorted((tmp_path / "db").iterdir())  # no private index, no lock file
+    assert len(left) == 1 and "." not in left[0].name and (left[0] / "index").is_dir(), left
+
+
+# --- errors that were tracebacks ----------------------------------------------------------
+
+def _no_space(monkeypatch, where: str = ""):
+    """Make every temporary file under a folder whose path holds ``where`` fail as on a full
+    disk (bidsfm writes every file through one)."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        folder = str(kwargs.get("dir", ""))
+        if where in folder:
+            raise OSError(errno.ENOSPC, "No space left on device", folder)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("bidsfm.utils.tempfile.mkstemp", mkstemp)
+
+
+def test_full_output_folder_is_one_line_exit_2(tmp_path, tiny_ds, capsys, monkeypatch):
+    """An output folder that cannot be written at all (full disk): one line naming it, the
+    reason and what to do; exit 2 (was 'internal error, please report' with a traceback)."""
+    from faultkit import error_lines
+
+    case = make_case(tiny_ds, tmp_path)
+    _no_space(monkeypatch)
+    code, log = case.cli(capsys=capsys)
+    assert code == 2, log
+    assert "Traceback" not in log and "internal error" not in log
+    lines = error_lines(log)
+    assert len(lines) == 1, lines
+    assert "cannot write to the output folder" in lines[0]
+    assert "No space left on device" in lines[0] and "Free disk space" in lines[0]
+
+
+def test_output_folder_full_mid_job_fails_runs_on_one_line(tmp_path, tiny_ds, capsys,
+                                                           monkeypatch):
+    """The disk fills up once the job has started: each run fails with one line saying so
+    (no traceback, no 'internal error'), exit 1; after space is freed a rerun completes."""
+    case = make_case(tiny_ds, tmp_path)
+    _no_space(monkeypatch, where="sub-03")
+    code, log = case.cli(capsys=capsys)
+    assert code == 1, log
+    assert "Traceback" not in log and "internal error" not in log
+    runs = [ln for ln in log.splitlines() if " ERROR " in ln]
+    assert runs and all("No space left on device" in ln for ln in runs), runs
+    monkeypatch.undo()
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log
+    assert set(_statuses(case.out).values()) == {"ok"}

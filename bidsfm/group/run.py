@@ -270,15 +270,17 @@ def remove_stale_outputs(gdir: Path, record: dict[str, Any]) -> list[str]:
     import shutil
 
     keep = current_outputs(record)
-    own = re.compile(r"^(group_.+\.(tsv|json)|target-[^/]+|normative)$")
+    from ..utils import remove_stale_temps, temp_stem
+
+    own = re.compile(r"(group_.+\.(tsv|json)|target-[^/]+|normative)")
     removed = []
     for entry in sorted(gdir.iterdir()):
         name = entry.name
-        if name.startswith(".") and ".tmp" in name:
-            if entry.is_file():
+        if temp_stem(name) is not None:
+            if entry.is_file() and not entry.is_symlink():
                 entry.unlink(missing_ok=True)
             continue
-        if name in keep or not own.match(name):
+        if name in keep or not own.fullmatch(name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -286,9 +288,7 @@ def remove_stale_outputs(gdir: Path, record: dict[str, Any]) -> list[str]:
             entry.unlink(missing_ok=True)
         removed.append(name)
     for folder in [gdir / n for n in keep if (gdir / n).is_dir()]:
-        for tmp in folder.rglob(".*.tmp*"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
+        remove_stale_temps(folder, recursive=True)
     return removed
 
 
@@ -571,7 +571,8 @@ def _reports(output_dir: Path, record: dict[str, Any]) -> None:
     from ..utils import remove_stale_temps
 
     remove_stale_temps(output_dir, "group.")  # temps left by a killed report
-    remove_stale_temps(output_dir / "logs", "CITATION.")
+    # logs/CITATION.md's are removed by write_citation, under the lock it shares with the
+    # participant jobs that may be writing it now
     try:
         from .. import reports
     except ImportError:

@@ -411,8 +411,16 @@ def write_citation(output_dir: Path, options: dict[str, Any]) -> Path:
     Path
         The file written (atomically).
     """
+    from ..locks import ExclusiveLock
+    from ..utils import remove_stale_temps
+
     path = Path(output_dir) / "logs" / "CITATION.md"
     text = build_citation(Path(output_dir), options)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # participant jobs of one output folder (and the group level) share this file: under the
+    # lock, a temporary file left by a killed job is removed and no live one is touched
+    with ExclusiveLock(path.parent / ".CITATION.md.lock"):
+        remove_stale_temps(path.parent, "CITATION.")
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return path
