@@ -573,6 +573,7 @@ def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> P
     meta = {"Atlas": atlas.name, "Template": template, "SpatialReference": template,
             "Source": str(atlas.source),
             "SHA256": sha, "NumberOfROIs": int(len(atlas.labels)),
+            "Compressed": "as read" if raw[:2] == b"\x1f\x8b" else "gzipped by bidsfm",
             "Description": f"Label image of atlas {atlas.name} as read by bidsfm (the file "
                            "whose sha256 is given); each run's sidecars record how it was "
                            "placed on the run's grid."}
@@ -593,9 +594,9 @@ def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> P
             write_text_atomic(root / "README.md", ATLAS_README)
         paths["image"].parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(paths["image"]) as tmp:
-            # no file name or time stamp in the gzip header (BIDS privacy checks)
-            data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-            tmp.write_bytes(gzip.compress(data, mtime=0))
+            # the file as read (its sha256 is the one the runs' sidecars record); an
+            # uncompressed .nii is gzipped (without name or time stamp)
+            tmp.write_bytes(raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, mtime=0))
         labels = atlas.labels[["index", "name"]]
         with atomic_path(paths["labels"]) as tmp:
             labels.to_csv(tmp, sep="\t", index=False)

@@ -1,0 +1,106 @@
+"""Output names and readers (bidsfm/derivatives.py): the one module that owns the layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bidsfm.derivatives import (
+    derivative_name,
+    figure_path,
+    group_table_name,
+    match_model_output,
+    model_output_paths,
+    output_base,
+    parse_name,
+    read_coverage,
+    read_relmat,
+    run_output_paths,
+    sibling_output,
+    write_coverage,
+    write_tsv_atomic,
+)
+from bidsfm.errors import InputDataError
+
+
+@dataclass
+class _Run:
+    prefix: str = "sub-01_ses-1_task-rest_run-2"
+    space: str = "MNI152NLin2009cAsym"
+    entities: dict = field(default_factory=lambda: {"subject": "01", "session": "1"})
+
+
+def test_names_follow_xcpd_with_the_atlas_entity(tmp_path):
+    paths = run_output_paths(_Run(), "Schaefer400x17", tmp_path)
+    stem = "sub-01_ses-1_task-rest_run-2_space-MNI152NLin2009cAsym_atlas-Schaefer400x17"
+    folder = tmp_path / "sub-01" / "ses-1" / "func"
+    # XCP-D 0.10+ names for the same files (docs/outputs.md)
+    assert paths["timeseries"] == folder / f"{stem}_stat-mean_timeseries.tsv"
+    assert paths["coverage"] == folder / f"{stem}_stat-coverage_bold.tsv"
+    assert paths["fc"] == folder / f"{stem}_stat-pearsoncorrelation_relmat.tsv"
+    assert paths["fcz"] == folder / f"{stem}_stat-pearsoncorrelation_desc-fisherz_relmat.tsv"
+    assert paths["qc"] == folder / f"{stem}_qc.tsv"
+    model = model_output_paths(_Run(), "bidsfmfc", "CC200", tmp_path)
+    assert model["statmap"].name.endswith(
+        "_atlas-CC200_stat-attention_desc-bidsfmfc_statmap.nii.gz")
+    assert model["embedding"].name.endswith("_atlas-CC200_desc-bidsfmfc_embedding.tsv")
+    fig = figure_path(_Run(), "bidsfmfc", "CC200", tmp_path)
+    assert fig.parent == tmp_path / "sub-01" / "figures"
+    assert fig.name.endswith("_atlas-CC200_desc-bidsfmfc_attention.png")
+
+
+def test_entity_order_and_labels():
+    assert derivative_name("sub-1_task-a", desc="x", stat="mean", atlas="A", space="S",
+                           suffix="timeseries") == \
+        "sub-1_task-a_space-S_atlas-A_stat-mean_desc-x_timeseries.tsv"
+    for bad in ("CC200\n", "../x", "a_b", "a-b", ""):
+        if bad:
+            with pytest.raises(ValueError, match="not a BIDS label"):
+                run_output_paths(_Run(), bad, "/tmp")
+    with pytest.raises(ValueError, match="not a BIDS label"):
+        model_output_paths(_Run(), "model\n", "CC200", "/tmp")
+
+
+def test_parsing_names_back(tmp_path):
+    paths = run_output_paths(_Run(), "CC200", tmp_path)
+    model = model_output_paths(_Run(), "bidsfmfc", "CC200", tmp_path)
+    base = "sub-01_ses-1_task-rest_run-2_space-MNI152NLin2009cAsym_atlas-CC200"
+    for p in list(paths.values()) + list(model.values()):
+        assert output_base(p.name) == base
+    assert sibling_output(paths["fc"], "timeseries") == paths["timeseries"]
+    assert sibling_output(model["attention"], "coverage") == paths["coverage"]
+    assert match_model_output(model["predictions"].name) == ("bidsfmfc", "predictions", base)
+    assert match_model_output(paths["fc"].name) is None
+    ents, suffix = parse_name(paths["fcz"].name)
+    assert (ents["atlas"], ents["stat"], ents["desc"], suffix) == (
+        "CC200", "pearsoncorrelation", "fisherz", "relmat")
+    # an old (bidsfm 0.1, seg-) name is not read as an output
+    assert output_base("sub-01_task-rest_space-X_seg-CC200_qc.tsv") is None
+    with pytest.raises(ValueError):
+        sibling_output(tmp_path / "sub-01_task-rest_bold.nii.gz", "fc")
+    assert group_table_name("qcfc", atlas="CC200") == "group_atlas-CC200_qcfc.tsv"
+    assert group_table_name("runs_embedding", model="m") == "group_desc-m_runs_embedding.tsv"
+
+
+def test_relmat_and_coverage_round_trip(tmp_path):
+    names = ["A", "B", "C"]
+    mat = np.array([[1.0, 0.5, np.nan], [0.5, 1.0, np.nan], [np.nan, np.nan, np.nan]])
+    path = tmp_path / "x_relmat.tsv"
+    write_tsv_atomic(path, mat, names, index=names)
+    assert path.read_text().splitlines()[0] == "Node\tA\tB\tC"
+    got_names, got = read_relmat(path, names)
+    assert got_names == names and np.array_equal(np.isnan(got), np.isnan(mat))
+    assert np.allclose(np.nan_to_num(got), np.nan_to_num(mat))
+    with pytest.raises(InputDataError, match="expected ROIs"):
+        read_relmat(path, ["A", "C", "B"])
+    pd.DataFrame(mat[:2], columns=names).to_csv(tmp_path / "bad.tsv", sep="\t")
+    with pytest.raises(InputDataError, match="bad.tsv"):
+        read_relmat(tmp_path / "bad.tsv")
+    cov = tmp_path / "c_bold.tsv"
+    write_coverage(cov, names, np.array([1.0, 0.25, 0.0]))
+    assert cov.read_text().splitlines()[:2] == ["Node\tcoverage", "A\t1"]
+    got_names, values = read_coverage(cov)
+    assert got_names == names and np.allclose(values, [1.0, 0.25, 0.0])
