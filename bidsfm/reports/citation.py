@@ -173,7 +173,8 @@ def _denoising(opts: dict[str, Any], cite: _Cites) -> str:
     elif std == "psc":
         text += "Each ROI signal was expressed as percent signal change. "
     text += ("Confound regression, filtering and censoring were done at the ROI level with "
-             f"nilearn's signal cleaning {cite('nilearn')}. ")
+             "bidsfm's own implementation of the signal cleaning of nilearn "
+             f"{cite('nilearn')} (nilearn.signal.clean), tested to give the same values. ")
     return text
 
 
@@ -344,8 +345,8 @@ def build_citation(output_dir: Path, options: dict[str, Any]) -> str:
             f"{cite('bids', 'bidsapps')} built on Nipype {_version('nipype')} "
             f"{cite('nipype')}, nilearn {_version('nilearn')} {cite('nilearn')}, PyBIDS "
             f"{_version('pybids')} {cite('pybids')}, NiBabel {_version('nibabel')} "
-            f"{cite('nibabel')} and NumPy {_version('numpy')} {cite('numpy')}; its outputs follow "
-            f"XCP-D's naming {cite('xcpd')}. ")
+            f"{cite('nibabel')} and NumPy {_version('numpy')} {cite('numpy')}; its time series, "
+            f"coverage and connectivity files are named as XCP-D names them {cite('xcpd')}. ")
     cov = opts.get("min_coverage", 0.5)
     text += (f"For every preprocessed BOLD run, mean time series were extracted from "
              f"{_atlas_sentence(atlases, cite)}; regions with less than {100 * float(cov):g}% "
