@@ -272,9 +272,9 @@ class Anatomy:
 
 def _cc200_file(shared_dir: str | None) -> Path:
     """The CC200 image: the package's verified copy, else the shared data's, else an error."""
-    from bidsfm.atlases import _bundled_path
+    from bidsfm.atlases import bundled_image
 
-    bundled = _bundled_path("CC200")
+    bundled = bundled_image("CC200")
     if bundled is not None:
         return bundled
     if shared_dir is not None and (Path(shared_dir) / "atlases" / "CC200.nii.gz").is_file():

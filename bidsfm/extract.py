@@ -1,9 +1,11 @@
 """ROI signals and coverage from one BOLD run, in a single streaming pass over the volumes.
 
-For every atlas the ROI signal at each volume is the mean over the ROI's voxels that lie inside
-the run's brain mask (what nilearn's ``NiftiLabelsMasker`` computes when given ``mask_img``).
-The BOLD file is read one volume at a time, so memory is bounded by the size of one volume and
-not by the number of volumes. Several atlases are served by the same pass.
+For every label atlas the ROI signal at each volume is the mean over the ROI's voxels that lie
+inside the run's brain mask (what nilearn's ``NiftiLabelsMasker`` computes when given
+``mask_img``). For probabilistic maps (DiFuMo style) it is the least-squares fit of the in-mask
+voxels by the maps (what nilearn's ``NiftiMapsMasker`` computes). The BOLD file is read one
+volume at a time, so memory is bounded by the size of one volume and not by the number of
+volumes. Several atlases are served by the same pass.
 """
 
 from __future__ import annotations
@@ -76,6 +78,74 @@ class LabelProjection:
             cov = self.n_in_mask / self.n_total
         return np.where(self.n_total > 0, cov, 0.0)
 
+    @property
+    def empty(self) -> np.ndarray:
+        """ROIs without any in-mask voxel (their signal is NaN)."""
+        return self.n_in_mask == 0
+
+    def reducer(self):
+        """A function from one volume's in-mask voxels to the ROI means."""
+        n_roi = self.n_in_mask.size
+        denom = np.where(self.n_in_mask > 0, self.n_in_mask, 1).astype(np.float64)
+        index = self.roi_of_voxel
+
+        def reduce(vol: np.ndarray) -> np.ndarray:
+            return np.bincount(index, weights=vol, minlength=n_roi + 1)[:n_roi] / denom
+
+        return reduce
+
+
+@dataclass
+class MapsProjection:
+    """Probabilistic maps on the run grid, restricted to the brain mask.
+
+    The signal of the maps at a volume ``v`` (in-mask voxels) is the least-squares solution of
+    ``M s = v``, ``M`` the in-mask weights (voxels x maps): ``s = pinv(M^T M) M^T v``, the
+    minimum-norm solution nilearn's ``NiftiMapsMasker`` computes with ``scipy.linalg.lstsq``.
+
+    Attributes
+    ----------
+    weights_t : scipy.sparse.csr_matrix
+        ``M^T``, maps x in-mask voxels (in the mask's flattened Fortran order), float64.
+    solve : np.ndarray
+        ``pinv(M^T M)``, maps x maps.
+    mass_in_mask : np.ndarray
+        Sum of the absolute weights of each map inside the mask.
+    mass_total : np.ndarray
+        Sum of the absolute weights of each map on the run grid.
+    """
+
+    weights_t: object
+    solve: np.ndarray
+    mass_in_mask: np.ndarray
+    mass_total: np.ndarray
+
+    @property
+    def n_in_mask(self) -> np.ndarray:
+        """Number of in-mask voxels with a non-zero weight, per map."""
+        return np.diff(self.weights_t.indptr)
+
+    @property
+    def coverage(self) -> np.ndarray:
+        """Fraction of each map's weight (absolute values) inside the brain mask."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cov = self.mass_in_mask / self.mass_total
+        return np.where(self.mass_total > 0, cov, 0.0)
+
+    @property
+    def empty(self) -> np.ndarray:
+        """Maps without any weight inside the mask (their signal is NaN)."""
+        return self.mass_in_mask == 0
+
+    def reducer(self):
+        """A function from one volume's in-mask voxels to the maps' signals."""
+        weights_t, solve = self.weights_t, self.solve
+
+        def reduce(vol: np.ndarray) -> np.ndarray:
+            return solve @ (weights_t @ vol)
+
+        return reduce
+
 
 def _describe(exc: Exception, path: str | Path) -> str:
     """``Type: message`` of a reader's exception, without the path the error line names anyway."""
@@ -142,6 +212,35 @@ def project_labels(labels: np.ndarray, label_values: np.ndarray, mask: np.ndarra
     roi_of_voxel = pos_all.ravel(order="F")[mask.ravel(order="F")]
     n_in_mask = np.bincount(roi_of_voxel, minlength=n_roi + 1)[:n_roi]
     return LabelProjection(roi_of_voxel=roi_of_voxel, n_in_mask=n_in_mask, n_total=n_total)
+
+
+def project_maps(maps, mask: np.ndarray) -> MapsProjection:
+    """Restrict probabilistic maps on the run grid to the brain mask.
+
+    Parameters
+    ----------
+    maps : scipy.sparse matrix or np.ndarray
+        (voxels of the grid in Fortran order) x (maps) weights, e.g. from
+        :func:`bidsfm.atlases.resample_maps`.
+    mask : np.ndarray
+        3D boolean brain mask on the run grid.
+
+    Returns
+    -------
+    MapsProjection
+    """
+    from scipy import sparse
+
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    matrix = sparse.csc_matrix(maps, dtype=np.float64)
+    if matrix.shape[0] != flat.size:
+        raise ValueError(f"maps have {matrix.shape[0]} voxels, the mask {flat.size}")
+    inside = matrix[np.flatnonzero(flat)]
+    mass_total = np.asarray(abs(matrix).sum(axis=0)).ravel()
+    mass_in = np.asarray(abs(inside).sum(axis=0)).ravel()
+    gram = (inside.T @ inside).toarray()
+    return MapsProjection(weights_t=sparse.csr_matrix(inside.T), solve=np.linalg.pinv(gram),
+                          mass_in_mask=mass_in, mass_total=mass_total)
 
 
 def open_bold(bold_path: str | Path):
@@ -315,8 +414,9 @@ def iter_volumes(bold_path: str | Path, img=None, mask: np.ndarray | None = None
 
 
 def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
-                        projections: list[LabelProjection], img=None) -> list[np.ndarray]:
-    """Mean ROI signals of every atlas, reading the BOLD file once, volume by volume.
+                        projections: list[LabelProjection | MapsProjection], img=None
+                        ) -> list[np.ndarray]:
+    """ROI signals of every atlas, reading the BOLD file once, volume by volume.
 
     Parameters
     ----------
@@ -324,8 +424,9 @@ def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
         4D BOLD NIfTI (``.nii`` or ``.nii.gz``, float or scaled integer data).
     mask : np.ndarray
         3D boolean brain mask on the BOLD grid.
-    projections : list of LabelProjection
-        One per atlas, from :func:`project_labels`.
+    projections : list of LabelProjection or MapsProjection
+        One per atlas, from :func:`project_labels` (mean over each ROI's in-mask voxels) or
+        :func:`project_maps` (least-squares fit by probabilistic maps).
     img : nibabel image, optional
         An already opened image (from :func:`open_bold`).
 
@@ -343,8 +444,7 @@ def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
     n_vol = img.shape[3]
     flat_mask = np.asarray(mask, dtype=bool).ravel(order="F")
     outs = [np.empty((n_vol, p.n_in_mask.size), dtype=np.float64) for p in projections]
-    denoms = [np.where(p.n_in_mask > 0, p.n_in_mask, 1).astype(np.float64) for p in projections]
-    empty = [p.n_in_mask == 0 for p in projections]
+    reducers = [p.reducer() for p in projections]
     try:
         for t, vol in enumerate(iter_volumes(bold_path, img, mask=flat_mask)):
             if not np.isfinite(vol).all():
@@ -352,16 +452,14 @@ def extract_roi_signals(bold_path: str | Path, mask: np.ndarray,
                 raise InputDataError(f"volume {t} has {bad} non-finite (NaN/Inf) voxels inside "
                                      "the brain mask", path=bold_path,
                                      remedy="Check the preprocessing of this run")
-            for out, proj, denom in zip(outs, projections, denoms, strict=True):
-                n_roi = denom.size
-                sums = np.bincount(proj.roi_of_voxel, weights=vol, minlength=n_roi + 1)[:n_roi]
-                out[t] = sums / denom
+            for out, reduce in zip(outs, reducers, strict=True):
+                out[t] = reduce(vol)
     except InputDataError:
         raise
     except Exception as exc:  # truncated gzip, short file, ...
         raise InputDataError(f"cannot read BOLD data ({_describe(exc, bold_path)})",
                              path=bold_path, remedy="The file looks truncated or corrupt; "
                              "rerun fMRIPrep for this run") from None
-    for out, emp in zip(outs, empty, strict=True):
-        out[:, emp] = np.nan
+    for out, proj in zip(outs, projections, strict=True):
+        out[:, proj.empty] = np.nan
     return outs

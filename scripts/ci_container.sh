@@ -126,9 +126,9 @@ if ls /opt/wheels/torch-*+cpu-*.whl > /dev/null 2>&1; then
 fi
 cc200=$SHARED/atlases/CC200.nii.gz
 if [ -f "$cc200" ]; then
-  want=$(sed -n 's/^CC200_SHA256 = "\([0-9a-f]*\)"/\1/p' bidsfm/atlases.py)
+  want=$(sed -n 's/^CC200_SHA256 = "\([0-9a-f]*\)"/\1/p' bidsfm/atlases/registry.py)
   got=$(sha256sum "$cc200" | cut -d' ' -f1)
-  [ "$got" = "$want" ] || fail "$cc200: sha256 $got differs from bidsfm/atlases.py's $want"
+  [ "$got" = "$want" ] || fail "$cc200: sha256 $got differs from bidsfm/atlases/registry.py's $want"
   mounts+=(-v "$(dirname "$cc200"):/ci-atlases:ro")
   build_args+=(--build-arg CC200_FILE=/ci-atlases/CC200.nii.gz)
 else

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from bidsfm import atlases
+from bidsfm.atlases import base, store
 from bidsfm.atlases import (
     CC200_SHA256,
     CC200_URL,
@@ -54,7 +55,7 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("BIDSFM_HOME", str(tmp_path / "bidsfm_home"))
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "templateflow"))
     monkeypatch.setenv("BIDSFM_OFFLINE", "1")
-    monkeypatch.setattr(atlases, "_WARNED", set())
+    monkeypatch.setattr(base, "_WARNED", set())
 
     def _no_network(*args, **kwargs):
         raise AssertionError("the network must not be touched in tests")
@@ -126,7 +127,11 @@ def test_available_atlases():
     names = available_atlases()
     assert names[0] == "CC200"
     assert "Schaefer400x17" in names and "Schaefer100x7" in names and "Schaefer1000x17" in names
-    assert len(names) == 1 + 10 * 2
+    assert [n for n in names if n.startswith("Tian")] == ["TianS1", "TianS2", "TianS3", "TianS4"]
+    for name in ("Gordon333", "Glasser360", "HarvardOxfordCort", "HarvardOxfordSub", "AAL116",
+                 "AAL3v1", "Power264", "DiFuMo64", "DiFuMo1024"):
+        assert name in names
+    assert len(names) == 1 + 10 * 2 + 4 + 7 + 5
 
 
 def test_cc200_from_seeded_cache(tmp_path, monkeypatch, no_bundle):
@@ -150,7 +155,7 @@ def test_cc200_from_seeded_cache(tmp_path, monkeypatch, no_bundle):
     def _boom(path):
         raise AssertionError("should use the verification stamp")
 
-    monkeypatch.setattr(atlases, "sha256_file", _boom)
+    monkeypatch.setattr(store, "sha256_file", _boom)
     assert resolve_atlas("CC200").image == dest
 
 
@@ -205,14 +210,14 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch, no_bundle):
         resolve_atlas("CC200")
     msg = _one_line(err.value)
     assert "download failed" in msg and CC200_URL in msg
-    assert calls == [(CC200_URL, atlases.DOWNLOAD_TIMEOUT)]
-    assert atlases.DOWNLOAD_TIMEOUT <= 15
+    assert calls == [(CC200_URL, store.DOWNLOAD_TIMEOUT)]
+    assert store.DOWNLOAD_TIMEOUT <= 15
     assert not list((tmp_path / "bidsfm_home" / "atlases").glob("*CC200*"))
 
 
 def test_download_hang_is_bounded(tmp_path, monkeypatch, no_bundle):
     monkeypatch.delenv("BIDSFM_OFFLINE")
-    monkeypatch.setattr(atlases, "DOWNLOAD_TIMEOUT", 0.2)
+    monkeypatch.setattr(store, "DOWNLOAD_TIMEOUT", 0.2)
 
     def _hang(url, timeout=None):
         time.sleep(3)
@@ -253,9 +258,10 @@ def test_download_with_wrong_content_leaves_nothing(tmp_path, monkeypatch, no_bu
 
 def test_unknown_spec_lists_known_names():
     with pytest.raises(AtlasNotFoundError) as err:
-        resolve_atlas("AAL116")
+        resolve_atlas("Brainnetome246")
     msg = _one_line(err.value)
-    assert "AAL116" in msg and "CC200" in msg and "Schaefer400x17" in msg
+    assert "Brainnetome246" in msg and "CC200" in msg and "Schaefer400x17" in msg
+    assert "AAL116" in msg and "TianS1" in msg and "Power264" in msg
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,8 +274,8 @@ def test_bundled_cc200_without_shared_data_or_network(tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("BIDSFM_SHARED_DATA", str(empty))
     atlas = resolve_atlas("CC200", space=TPL_A)
-    assert atlas.image == CC200_FILE and CC200_FILE.is_relative_to(Path(atlases.__file__).parent)
-    assert atlas.sha256 == CC200_SHA256 == atlases.sha256_file(atlas.image)
+    assert atlas.image == CC200_FILE and CC200_FILE.is_relative_to(Path(atlases.__file__).parents[1])
+    assert atlas.sha256 == CC200_SHA256 == store.sha256_file(atlas.image)
     assert atlas.template == "MNI152NLin6Asym" and atlas.source == CC200_URL
     assert atlas.roi_names[0] == "CC200_001" and atlas.n_rois == 200
     assert not (tmp_path / "bidsfm_home").exists()  # nothing written to the cache
@@ -282,15 +288,22 @@ def test_bundled_cc200_without_shared_data_or_network(tmp_path, monkeypatch):
 
 
 def test_bundled_files_provenance():
-    """Every bundled file is listed in SOURCES.md with its sha256 and size."""
+    """Every bundled file is listed in SOURCES.md with its sha256 and size, and is small."""
+    from bidsfm.atlases.registry import BUNDLED, all_files
+
     folder = atlases.BUNDLED_DIR
     sources = (folder / "SOURCES.md").read_text()
-    files = sorted(p for p in folder.iterdir() if p.name != "SOURCES.md")
-    assert [p.name for p in files] == ["CC200.nii.gz", "CC200.tsv"]
-    for path in files:
-        assert f"`{path.name}`" in sources
-        assert atlases.sha256_file(path) in sources, path.name
-        assert str(path.stat().st_size) in sources, path.name
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SOURCES.md")
+    rel = [p.relative_to(folder).as_posix() for p in files]
+    assert sorted(rel) == sorted([*BUNDLED, "CC200.tsv"])
+    assert sum(p.stat().st_size for p in files) < 1_000_000
+    registry = all_files()
+    for path, name in zip(files, rel, strict=True):
+        assert f"`{name}`" in sources
+        assert store.sha256_file(path) in sources, name
+        assert str(path.stat().st_size) in sources, name
+        if name != "CC200.tsv":  # the registry's sha256 is the file's
+            assert registry[name].sha256 == store.sha256_file(path), name
     assert CC200_URL in sources and "Craddock" in sources
     tsv = pd.read_csv(folder / "CC200.tsv", sep="\t")
     assert tsv["index"].tolist() == list(range(1, 201))
@@ -351,21 +364,29 @@ def test_canonical_atlas_name(typed, canonical):
 
 def test_normalise_atlas_spec_for_deduplication(tmp_path):
     specs = ["cc200", "CC200", "Schaefer400", "Schaefer2018_400Parcels_17Networks",
-             "schaefer400x7", "Gordon", "Nope", f"Mine={tmp_path}/a.nii.gz", "x/CC200.nii.gz"]
+             "schaefer400x7", "Gordon", "4S456Parcels", "Nope", f"Mine={tmp_path}/a.nii.gz",
+             "x/CC200.nii.gz", "tian_s3+Schaefer400"]
     assert [atlases.normalise_atlas_spec(s) for s in specs] == [
-        "CC200", "CC200", "Schaefer400x17", "Schaefer400x17", "Schaefer400x7", "Gordon", "Nope",
-        f"Mine={tmp_path}/a.nii.gz", "x/CC200.nii.gz"]
+        "CC200", "CC200", "Schaefer400x17", "Schaefer400x17", "Schaefer400x7", "Gordon333",
+        "4S456Parcels", "Nope", f"Mine={tmp_path}/a.nii.gz", "x/CC200.nii.gz",
+        "TianS3+Schaefer400x17"]
 
 
 def test_schaefer_short_name_resolves_17_networks(tmp_path):
     home = tmp_path / "templateflow"
-    img17 = _make_schaefer(home, TPL_A, "02", parcels=400, networks=17)
-    img7 = _make_schaefer(home, TPL_A, "02", parcels=400, networks=7)
-    for typed in ("Schaefer400", "schaefer2018_400parcels_17networks", "Schaefer417"):
+    img17 = _make_schaefer(home, TPL_A, "02", parcels=100, networks=17)
+    img7 = _make_schaefer(home, TPL_A, "02", parcels=100, networks=7)
+    for typed in ("Schaefer100", "schaefer2018_100parcels_17networks", "Schaefer117"):
         atlas = resolve_atlas(typed)
-        assert atlas.name == "Schaefer400x17" and atlas.image == img17 and atlas.n_rois == 400
+        assert atlas.name == "Schaefer100x17" and atlas.image == img17 and atlas.n_rois == 100
     assert atlases.SCHAEFER_DEFAULT_NETWORKS == 17
-    assert resolve_atlas("Schaefer2018_400Parcels_7Networks").image == img7
+    assert resolve_atlas("Schaefer2018_100Parcels_7Networks").image == img7
+    # the package's own Schaefer400x17 comes before a TemplateFlow copy
+    _make_schaefer(home, TPL_A, "02", parcels=400, networks=17)
+    for typed in ("Schaefer400", "Schaefer417"):
+        atlas = resolve_atlas(typed, space=TPL_A)
+        assert atlas.name == "Schaefer400x17" and atlas.n_rois == 400
+        assert atlas.image.is_relative_to(atlases.BUNDLED_DIR)
 
 
 @pytest.mark.parametrize("typed, message", [
@@ -381,9 +402,7 @@ def test_schaefer_impossible_counts(typed, message):
 
 
 @pytest.mark.parametrize("typed", [
-    "4S156Parcels", "4S456Parcels", "4s1056parcels", "Glasser", "Gordon", "Gordon333", "Tian",
-    "TianS3", "Tian_Subcortex_S2_3T", "subcortical", "HCP", "MIDB", "MyersLabonte",
-    "HarvardOxford", "AAL116", "Power264",
+    "4S156Parcels", "4S456Parcels", "4s1056parcels", "HCP", "MIDB", "MyersLabonte",
 ])
 def test_known_but_not_shipped_names(typed):
     with pytest.raises(AtlasNotFoundError) as err:
@@ -391,6 +410,18 @@ def test_known_but_not_shipped_names(typed):
     msg = _one_line(err.value)
     assert f"atlas {typed!r}" in msg and "recognised but not shipped" in msg
     assert "NAME=PATH" in msg and "CC200" in msg and "Schaefer" in msg
+    assert "BIDSFM_ATLAS_PATH" in msg
+
+
+@pytest.mark.parametrize("typed, advice", [
+    ("HarvardOxford", "HarvardOxfordCort"), ("subcortical", "TianS1"), ("DiFuMo", "DiFuMo64"),
+])
+def test_ambiguous_names_say_what_to_type(typed, advice):
+    with pytest.raises(AtlasNotFoundError) as err:
+        resolve_atlas(typed)
+    msg = _one_line(err.value)
+    assert repr(typed) in msg or typed in msg
+    assert advice in msg
 
 
 def test_unknown_name_lists_valid_names():
@@ -457,16 +488,17 @@ def test_schaefer_without_tsv_generates_names(tmp_path, caplog):
 
 
 def test_schaefer_missing_names_file_and_fetch(tmp_path):
+    """Schaefer300x7 has no registry file: it comes from TemplateFlow only."""
     home = tmp_path / "templateflow"
     _make_schaefer(home, TPL_A, "02", parcels=100, networks=7)
     with pytest.raises(AtlasNotFoundError) as err:
-        resolve_atlas("Schaefer400x17", space=TPL_B)
+        resolve_atlas("Schaefer300x7", space=TPL_B)
     msg = _one_line(err.value)
     expected = (home / f"tpl-{TPL_B}" /
-                f"tpl-{TPL_B}_res-02_atlas-Schaefer2018_desc-400Parcels17Networks_dseg.nii.gz")
+                f"tpl-{TPL_B}_res-02_atlas-Schaefer2018_desc-300Parcels7Networks_dseg.nii.gz")
     assert str(expected) in msg
     assert f"TEMPLATEFLOW_HOME={home}" in msg
-    assert "templateflow.api" in msg and "desc='400Parcels17Networks'" in msg
+    assert "templateflow.api" in msg and "desc='300Parcels7Networks'" in msg
 
 
 def test_schaefer_invalid_combination():
@@ -525,7 +557,7 @@ def test_user_atlas_named_spec(tmp_path):
 @pytest.mark.parametrize(
     "data, message",
     [
-        (np.zeros((4, 4, 4, 2), dtype=np.int16), "not a 3D label image"),
+        (np.zeros((4, 4, 4, 2, 2), dtype=np.int16), "not a 3D label image"),
         (np.full((4, 4, 4), 1.5, dtype=np.float32), "non-integer"),
         (np.zeros((4, 4, 4), dtype=np.int16), "no labels"),
     ],

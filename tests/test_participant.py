@@ -154,7 +154,7 @@ def test_bad_participant_label_is_usage_error(tmp_path, tiny_ds, capsys):
 def test_atlas_not_available_offline(tmp_path, tiny_ds, capsys):
     out = tmp_path / "out"
     code, log = run_cli([tiny_ds["root"], out, "participant", "--participant-label", "03",
-                         "--atlas", "CC200", "--atlas", "Schaefer400x17", "-w", tmp_path / "w",
+                         "--atlas", "CC200", "--atlas", "Schaefer300x7", "-w", tmp_path / "w",
                          "--min-time", "0"], capsys)
     assert code == 1
     lines = [ln for ln in log.splitlines() if "Schaefer" in ln and "ERROR" in ln]
