@@ -270,13 +270,15 @@ def test_rerun_without_target_removes_stale_group_outputs(tmp_path, session_env)
     g = out / "group"
     assert (g / "target-diagnosis").is_dir() and (g / "normative").is_dir()
     (g / "my_notes.txt").write_text("kept")  # not a group-level output: left alone
-    (g / ".group_runs_qc.abc123.tmp.tsv").write_text("partial")  # a killed group level's
-    (out / ".group.abc123.tmp.html").write_text("partial")
+    (g / ".group_runs_qc.abc123de.tmp.tsv").write_text("partial")  # a killed group level's
+    (out / ".group.abc123de.tmp.html").write_text("partial")
+    (out / "logs" / ".CITATION.abc123de.tmp.md").write_text("partial")
     code, _ = _group(tmp_path, out, "--participants-tsv", table, "--target", "age")
     assert code == 0
     assert not (g / "target-diagnosis").exists() and not (g / "normative").exists()
     assert (g / "target-age" / "metrics.json").is_file() and (g / "my_notes.txt").is_file()
     assert not list(g.glob(".*.tmp*")) and not list(out.glob(".*.tmp*"))
+    assert not list((out / "logs").glob(".*.tmp*"))
     html = (out / "group.html").read_text()
     assert "Target: age" in html and "Target: diagnosis" not in html
     code, _ = _group(tmp_path, out, "--participants-tsv", table)
