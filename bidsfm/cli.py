@@ -404,9 +404,13 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
     check_output_dataset(output_dir)  # another tool's dataset: refuse before any work
     options = _processing_options(opts)
+    from .atlases import normalise_atlas_spec
+
+    # one spelling per atlas: ``--atlas cc200 --atlas CC200`` is one atlas, processed once
+    options.atlases = list(dict.fromkeys(normalise_atlas_spec(s) for s in options.atlases))
     model = _resolve_model(opts["model"])
     if model is not None:  # the model decides the atlas it needs
-        model["spec"] = _model_atlas_spec(model, options.atlases)
+        model["spec"] = normalise_atlas_spec(_model_atlas_spec(model, options.atlases))
         if model["spec"] not in options.atlases:
             options.atlases.append(model["spec"])
     heads = resolve_heads(tuple(opts.get("heads") or ()), model)
@@ -416,12 +420,19 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
     atlas_problems = []
     usable = []
+    names: dict[str, str] = {}
     for spec in options.atlases:
         try:
-            resolve_atlas(spec, space=template)
-            usable.append(spec)
+            name = resolve_atlas(spec, space=template).name
         except AtlasNotFoundError as err:
             atlas_problems.append(err.one_line())
+            continue
+        if name in names:  # two files under one name would overwrite each other's outputs
+            raise ConfigError(f"--atlas {names[name]!r} and --atlas {spec!r} are both named "
+                              f"{name!r}; their outputs would overwrite each other",
+                              remedy="Give each atlas its own name: --atlas NAME=PATH")
+        names[name] = spec
+        usable.append(spec)
     for msg in atlas_problems:
         LOGGER.error("%s", msg)
     if not usable:

@@ -405,3 +405,41 @@ def test_no_run_in_requested_space_is_exit_2(tmp_path, tiny_ds, capsys):
     assert code == 2, log
     assert f"its runs are in space {SPACE}" in log
     assert not (out / "dataset_description.json").exists()
+
+
+# 8. one atlas per name: spellings de-duplicated, two files under one name refused
+
+
+def test_atlas_spellings_are_one_atlas(tmp_path, tiny_ds, capsys):
+    ds = clone_dataset(tiny_ds["root"], tmp_path / "ds", ["03"])
+    out = tmp_path / "out"
+    code, log = run_cli([ds, out, "participant", "--participant-label", "03", "-w",
+                         tmp_path / "w", "--atlas", "cc200", "--atlas", "CC-200", "--model",
+                         "none", "--min-time", "0"], capsys)
+    assert code == 0, log
+    qc = sorted(out.rglob("*_qc.tsv"))
+    assert qc and all("_atlas-CC200_" in p.name for p in qc)
+    rows = pd.concat([pd.read_csv(p, sep="\t") for p in qc])
+    assert len(rows) == len(qc)  # one QC row per run: CC200 processed once
+    assert "atlases CC200;" in log
+
+
+def test_two_atlas_files_under_one_name_refused(tmp_path, tiny_ds, capsys):
+    """They silently overwrote each other's outputs (issue 17)."""
+    from bidsfm.atlases import bundled_image
+
+    src = bundled_image("CC200")
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    shutil.copy(src, a)
+    img = nib.load(src)
+    data = np.asarray(img.dataobj).copy()
+    data[data == 1] = 0  # a different file
+    nib.save(nib.Nifti1Image(data, img.affine), b)
+    ds = clone_dataset(tiny_ds["root"], tmp_path / "ds", ["03"])
+    out = tmp_path / "out"
+    code, log = run_cli([ds, out, "participant", "--participant-label", "03", "-w",
+                         tmp_path / "w", "--atlas", f"X={a}", "--atlas", f"X={b}", "--model",
+                         "none"], capsys)
+    assert code == 2, log
+    assert "are both named 'X'" in log
+    assert not list(out.rglob("*_qc.tsv"))
