@@ -49,7 +49,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 #: names :func:`atomic_path` gives its temporary files: ``.<stem>.<8 random>.tmp<suffixes>``
 #: (the stem is the final name up to its first dot; the random part is :mod:`tempfile`'s)
-TEMP_NAME = re.compile(r"\.(?P<stem>[^./][^./]*)\.[a-z0-9_]{8}\.tmp(\.[^/]*)?")
+#: (``""`` for a dot file such as ``.bidsignore``)
+TEMP_NAME = re.compile(r"\.(?P<stem>[^./]*)\.[a-z0-9_]{8}\.tmp(\.[^/]*)?")
 
 
 def temp_stem(name: str) -> str | None:
@@ -69,8 +70,8 @@ def remove_stale_temps(folder: str | Path, prefix: str = "", *, recursive: bool 
     considered, and ``prefix`` ends at an entity boundary: ``sub-01_task-rest_run-1`` matches
     the stems ``sub-01_task-rest_run-1`` and ``sub-01_task-rest_run-1_...``, never
     ``sub-01_task-rest_run-10...`` (whose live temporary files a parallel node may be
-    writing). A trailing ``.`` (``"group."``) asks for that exact stem; ``""`` matches every
-    temporary file.
+    writing). A trailing ``.`` (``"group."``) asks for that exact stem (``"."`` for the
+    empty stem of a dot file); ``""`` matches every temporary file.
 
     Parameters
     ----------
@@ -96,8 +97,12 @@ def remove_stale_temps(folder: str | Path, prefix: str = "", *, recursive: bool 
     for dirpath, _dirs, names in walker:
         for name in names:
             stem = temp_stem(name)
-            if stem is None or not (stem == prefix or not prefix or (
-                    not exact and stem.startswith(prefix + "_"))):
+            if stem is None:
+                continue
+            if exact:
+                if stem != prefix:
+                    continue
+            elif prefix and stem != prefix and not stem.startswith(prefix + "_"):
                 continue
             path = Path(dirpath) / name
             try:

@@ -241,7 +241,10 @@ def test_rerun_removes_stale_temporary_files(tmp_path, tiny_ds, capsys):
              _temp(sub / "func", "sub-03_task-rest_run-2_qc", ".json"),
              _temp(sub / "figures", "sub-03_task-rest_run-1_desc-x", ".png"),
              _temp(case.out, "sub-03", ".html"), _temp(case.out / "logs", "CITATION", ".md"),
-             _temp(case.out, "dataset_description", ".json")]
+             _temp(case.out, "dataset_description", ".json"), _temp(case.out, "README", ".md"),
+             _temp(case.out, ""),  # .bidsignore's
+             _temp(case.out / "sourcedata" / "atlases" / "tpl-X", "tpl-X_atlas-CC200_dseg",
+                   ".nii.gz")]
     kept = [_temp(case.out, "sub-02", ".html"), sub / "func" / "notes.tmp.txt"]
     kept[1].write_text("a user's file")
     code, log = case.cli(capsys=capsys)
