@@ -37,6 +37,7 @@ def clean_signals(
     standardize: str | bool | None = "zscore_sample",
     low_pass: float | None = None,
     high_pass: float | None = None,
+    roi_names: list[str] | None = None,
 ) -> np.ndarray:
     """Denoise ROI time series as ``NiftiLabelsMasker`` cleans its region signals.
 
@@ -63,6 +64,8 @@ def clean_signals(
     low_pass, high_pass : float, optional
         Butterworth band edges in Hz. Must lie strictly between 0 and the Nyquist frequency
         ``0.5 / t_r``, with ``high_pass < low_pass``.
+    roi_names : list of str, optional
+        Names of the columns, used to name an ROI in error messages.
 
     Returns
     -------
@@ -94,9 +97,13 @@ def clean_signals(
     partial = ~(empty | good)
     if partial.any():
         cols = np.flatnonzero(partial)
+        first = int(cols[0])
+        name = (f"ROI {roi_names[first]!r}, " if roi_names is not None
+                and len(roi_names) == n_roi else "")
+        bad = int((~np.isfinite(x[:, first])).sum())
         raise InputDataError(
-            f"{cols.size} ROI signal column(s) (first: {int(cols[0])}) mix finite and "
-            "non-finite values",
+            f"{cols.size} ROI signal column(s) mix finite and non-finite values (first: "
+            f"{name}column {first + 1} of {n_roi}, non-finite in {bad} of {n_vol} volumes)",
             remedy="Mark a low-coverage ROI as NaN for every volume, or check the BOLD data "
             "for NaN/inf voxels")
     out = np.full((mask.size, n_roi), np.nan)

@@ -401,7 +401,8 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
         raw[:, low] = np.nan
         kwargs = {"t_r": tr, "confounds": sel.confounds, "sample_mask": retained,
                   "detrend": options.detrend, "low_pass": options.upper_bpf,
-                  "high_pass": options.lower_bpf}
+                  "high_pass": options.lower_bpf,
+                  "roi_names": atlas.labels["name"].astype(str).tolist()}  # for errors
         cleaned = clean_signals(raw, standardize=options.standardize, **kwargs)
         # residuals in the input's units, for DVARS before/after in % of the ROI mean
         residual = (cleaned if options.standardize is None

@@ -392,3 +392,20 @@ def test_output_folder_full_mid_job_fails_runs_on_one_line(tmp_path, tiny_ds, ca
     code, log = case.cli(capsys=capsys)
     assert code == 0, log
     assert set(_statuses(case.out).values()) == {"ok"}
+
+
+def test_non_finite_roi_error_names_the_roi():
+    """A signal column mixing finite and non-finite values is named (ROI name, 1-based
+    column); the message gave a bare 0-based index."""
+    import numpy as np
+
+    from bidsfm.denoise import clean_signals
+    from bidsfm.errors import InputDataError
+
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    x[7, 2] = np.nan
+    with pytest.raises(InputDataError, match=r"ROI 'CC200_003', column 3 of 4, non-finite "
+                                             r"in 1 of 50 volumes"):
+        clean_signals(x, t_r=2.0, roi_names=["CC200_001", "CC200_002", "CC200_003", "x"])
+    with pytest.raises(InputDataError, match=r"\(first: column 3 of 4,"):
+        clean_signals(x, t_r=2.0)
