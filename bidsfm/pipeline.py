@@ -179,7 +179,8 @@ def _dvars_pct(raw: np.ndarray, residual: np.ndarray) -> tuple[float, float]:
 
 def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path, *,
                 dataset_name: str = "preprocessed", atlases: list | None = None,
-                mem_mb: int | None = None) -> list[RunResult]:
+                mem_mb: int | None = None,
+                atlas_index_dir: str | Path | None = None) -> list[RunResult]:
     """Process one BOLD run for every requested atlas and write its derivatives.
 
     Parameters
@@ -198,6 +199,10 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         Memory available (``--mem-mb``). A run whose estimated need
         (:func:`bidsfm.extract.estimate_memory_mb`) is larger fails before any data is read,
         with the figure to rerun with. Not part of the options: it does not change the outputs.
+    atlas_index_dir : str or Path, optional
+        Cache of atlases resampled onto run grids (``<work dir>/atlas_index``, see
+        :func:`bidsfm.atlases.resample_labels`): runs on a grid an earlier run had read the
+        atlas index from there. Not part of the options: it does not change the outputs.
 
     Returns
     -------
@@ -225,7 +230,8 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
                    for a in atlases if a not in todo]
         if todo:
             results += _process(run, todo, options, all_paths, phash, dataset_name,
-                                Path(output_dir), mem_mb=mem_mb)
+                                Path(output_dir), mem_mb=mem_mb,
+                                atlas_index_dir=atlas_index_dir)
         return results
     except BidsfmError as err:
         if err.path is None:  # e.g. a filter error: name the run it happened on
@@ -287,45 +293,11 @@ def _write_failure(paths: dict[str, Path], run: BoldRun, atlas_name: str, messag
                      exc.strerror or exc)
 
 
-def _check_placement(atlas: Any, run: BoldRun, info: dict[str, Any]) -> dict[str, Any]:
-    """Refuse an atlas placed by world coordinates unless both templates are MNI templates.
-
-    :func:`bidsfm.atlases.resample_labels` falls back to world coordinates when no template
-    transform can be applied. Between two MNI templates (e.g. an MNI152NLin6Asym atlas on
-    MNI152NLin2009cAsym data) that is a few millimetres off and is accepted, but said in the QC
-    table (``atlas_transform``), the sidecars (``Atlas.Transform``) and the report. Between
-    anything else it would be a wrong result that looks valid, so the run fails.
-
-    Raises
-    ------
-    InputDataError
-        When the atlas would be placed by world coordinates across non-MNI templates.
-    """
-    from .discovery import is_mni_template
-
-    method = str(info.get("Method", ""))
-    if not method.startswith("world-coordinates"):
-        return info
-    src, dst = atlas.template, run.space
-    if not (is_mni_template(src) and is_mni_template(dst)):
-        raise InputDataError(
-            f"atlas {atlas.name} is in {src} but the run is in {dst}, and no template transform "
-            f"from {src} to {dst} could be applied; matching by world coordinates is only "
-            "accepted between two MNI templates", path=run.bold,
-            remedy=f"Fetch TemplateFlow's tpl-{dst}_from-{src}_mode-image_xfm.h5 into "
-                   "$TEMPLATEFLOW_HOME (and install nitransforms), use an atlas released in "
-                   f"{dst}, or use fMRIPrep outputs in an MNI space")
-    out = dict(info)
-    out["Method"] = (f"world-coordinates ({src} atlas on {dst} data: both MNI templates, no "
-                     "template transform applied; expect misplacement of a few mm)")
-    out["WorldCoordinates"] = True
-    return out
-
-
 def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
              all_paths: dict[str, dict[str, Path]], phash: str, dataset_name: str,
-             output_dir: Path, mem_mb: int | None = None) -> list[RunResult]:
-    from .atlases import resample_labels
+             output_dir: Path, mem_mb: int | None = None,
+             atlas_index_dir: str | Path | None = None) -> list[RunResult]:
+    from .atlases import place_atlas
     from .confounds import load_confounds
     from .denoise import clean_signals
     from .extract import (
@@ -333,7 +305,6 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
         extract_roi_signals,
         load_mask,
         open_bold,
-        project_labels,
     )
 
     img = open_bold(run.bold)
@@ -384,11 +355,10 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
 
     mask = load_mask(run.mask, img.affine, img.shape)
     projections, transforms = [], []
-    for atlas in atlases:
-        labels, info = resample_labels(atlas, img.affine, tuple(img.shape[:3]),
-                                       target_space=run.space)
-        info = _check_placement(atlas, run, info)
-        projections.append(project_labels(labels, atlas.labels["index"].to_numpy(), mask))
+    for atlas in atlases:  # on the run's grid, the placement checked (atlases.check_placement)
+        projection, info = place_atlas(atlas, img.affine, tuple(img.shape[:3]), mask,
+                                       target_space=run.space, cache_dir=atlas_index_dir)
+        projections.append(projection)
         transforms.append(info)
     raw_all = extract_roi_signals(run.bold, mask, projections, img=img)
 

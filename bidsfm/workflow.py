@@ -41,6 +41,9 @@ class _ProcessRunInputSpec(BaseInterfaceInputSpec):
     mem_mb = traits.Int(0, usedefault=True,
                         desc="memory available (--mem-mb); 0 = no check. Kept out of the "
                              "processing options: it does not change the outputs")
+    atlas_index_dir = traits.Str("", usedefault=True,
+                                 desc="cache of atlases resampled onto run grids (<work "
+                                      "dir>/atlas_index); empty = no cache")
 
 
 class _ProcessRunOutputSpec(TraitedSpec):
@@ -70,7 +73,8 @@ class ProcessRun(SimpleInterface):
         with threadpool_limits(limits=max(1, self.inputs.omp_nthreads)):
             results = process_run(run, options, self.inputs.output_dir,
                                   dataset_name=self.inputs.dataset_name,
-                                  mem_mb=self.inputs.mem_mb or None)
+                                  mem_mb=self.inputs.mem_mb or None,
+                                  atlas_index_dir=self.inputs.atlas_index_dir or None)
         self._results["results"] = [
             {"run": r.run, "atlas": r.atlas, "status": r.status, "reason": r.reason}
             for r in results
@@ -177,6 +181,7 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                         omp_nthreads: int = 1, name: str | None = None,
                         model: str | None = None, device: str = "cpu",
                         batch_size: int = 64, mem_mb: int | None = None,
+                        atlas_index_dir: str | Path | None = None,
                         heads: list[str] | None = None) -> pe.Workflow:
     """Build the workflow of one participant: one :class:`ProcessRun` node per BOLD run.
 
@@ -204,6 +209,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         FC matrices per forward pass of the model.
     mem_mb : int, optional
         Memory available (``--mem-mb``): a run estimated to need more fails with a message.
+    atlas_index_dir : str or Path, optional
+        Cache of atlases resampled onto run grids (see :func:`bidsfm.pipeline.process_run`).
     heads : list of str, optional
         Extra heads (``NAME=PATH`` of group-level head folders) applied with the model's own.
     """
@@ -215,7 +222,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
     for i, run in enumerate(runs):
         node = pe.Node(ProcessRun(run=run.to_dict(), options=opts, output_dir=str(output_dir),
                                   dataset_name=dataset_name, omp_nthreads=omp_nthreads,
-                                  mem_mb=int(mem_mb or 0)),
+                                  mem_mb=int(mem_mb or 0),
+                                  atlas_index_dir=str(atlas_index_dir or "")),
                        name=_node_name(run, i), mem_gb=_estimate_mem_gb(run),
                        n_procs=omp_nthreads)
         wf.add_nodes([node])
@@ -255,6 +263,7 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
         if runs:
             wf.add_nodes([init_participant_wf(participant, runs, options, output_dir,
                                               dataset_name=dataset_name,
+                                              atlas_index_dir=Path(work_dir) / "atlas_index",
                                               omp_nthreads=omp_nthreads, model=model,
                                               device=device, batch_size=batch_size,
                                               mem_mb=mem_mb, heads=heads)])

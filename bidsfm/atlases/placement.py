@@ -324,9 +324,7 @@ def resample_labels(
     ``nilearn.image.resample_to_img(atlas, target, interpolation="nearest")``). When the
     templates differ, TemplateFlow's ``tpl-{target}_from-{atlas}_mode-image_xfm.h5`` is applied
     if it is in ``$TEMPLATEFLOW_HOME`` and ``nitransforms`` is installed (as XCP-D does with
-    ANTs); otherwise world coordinates are used and a warning is logged once. A combined atlas
-    (``A+B``) places each part on the grid and joins them, the earlier part keeping voxels
-    where parts overlap.
+    ANTs); otherwise world coordinates are used and a warning is logged once.
 
     Parameters
     ----------
@@ -352,46 +350,12 @@ def resample_labels(
         ``"nearest-neighbour-resampling"``, ``"template-transform"`` or
         ``"world-coordinates (no template transform available)"``), for a template
         transform ``Transform`` (the file used), and ``AtlasRelease`` when the atlas file
-        itself was transformed into its template by someone else. A combined atlas adds
-        ``Parts`` (each part's info).
+        itself was transformed into its template by someone else (or joined by bidsfm).
     """
-    import numpy as np
-
     if atlas.kind != "dseg":
         raise ValueError(f"atlas {atlas.name} holds probabilistic maps: use resample_maps")
     cache = None if cache_dir is None else Path(cache_dir)
-    if not atlas.parts:
-        return _place(atlas, target_affine, target_shape, target_space, cache, "dseg")
-    shape = tuple(int(s) for s in tuple(target_shape)[:3])
-    combined = np.zeros(shape, dtype=np.int32)
-    infos, offset = [], 0
-    for part in atlas.parts:
-        labels, info = _place(part, target_affine, shape, target_space, cache, "dseg")
-        index = part.labels["index"].to_numpy(dtype=np.int64)
-        lut = np.zeros(int(max(index.max(), labels.max())) + 1, dtype=np.int32)
-        lut[index] = offset + np.arange(1, index.size + 1)
-        mapped = lut[np.clip(labels, 0, None)]
-        free = combined == 0
-        overlap = int(((~free) & (mapped > 0)).sum())
-        if overlap:
-            LOGGER.debug("%s: %d voxel(s) overlap earlier parts and keep the earlier label",
-                         part.name, overlap)
-        combined[free] = mapped[free]
-        infos.append({"Atlas": part.name, **info})
-        offset += index.size
-    return combined, _joint_info(atlas, target_space, infos)
-
-
-def _joint_info(atlas: Atlas, target_space: str | None, infos: list[dict]) -> dict:
-    methods = [i["Method"] for i in infos]
-    if len(set(methods)) == 1:
-        method = methods[0]
-    elif set(methods) <= {"identical-grid", "nearest-neighbour-resampling"}:
-        method = "nearest-neighbour-resampling"
-    else:
-        method = "; ".join(f"{i['Atlas']}: {i['Method']}" for i in infos)
-    return {"AtlasSpace": atlas.template or " + ".join(str(i["AtlasSpace"]) for i in infos),
-            "TargetSpace": target_space, "Method": method, "Parts": infos}
+    return _place(atlas, target_affine, target_shape, target_space, cache, "dseg")
 
 
 def resample_maps(atlas: Atlas, target_affine: np.ndarray, target_shape: tuple[int, int, int],
@@ -440,19 +404,10 @@ def check_placement(atlas: Atlas, target_space: str | None, info: dict[str, Any]
     Raises
     ------
     InputDataError
-        When a part of the atlas would be placed by world coordinates across non-MNI templates.
+        When the atlas would be placed by world coordinates across non-MNI templates.
     """
     from bidsfm.discovery import is_mni_template
 
-    if atlas.parts:
-        parts = [check_placement(p, target_space, {k: v for k, v in i.items() if k != "Atlas"})
-                 for p, i in zip(atlas.parts, info.get("Parts", []), strict=True)]
-        joint = _joint_info(atlas, target_space,
-                            [{"Atlas": p.name, **i} for p, i in zip(atlas.parts, parts,
-                                                                    strict=True)])
-        if any(i.get("WorldCoordinates") for i in parts):
-            joint["WorldCoordinates"] = True
-        return joint
     method = str(info.get("Method", ""))
     if not method.startswith("world-coordinates"):
         return info

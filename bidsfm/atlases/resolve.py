@@ -10,7 +10,6 @@ one-line :class:`~bidsfm.errors.AtlasNotFoundError` saying what to fetch and whe
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from .names import (
     NIFTI_RE,
     SCHAEFER_PARCELS,
     canonical_atlas_name,
-    combined_name,
     known_names_text,
     not_provided,
 )
@@ -96,7 +94,7 @@ def resolve_atlas(spec: str, *, space: str | None = None) -> Atlas:
     if canonical.replace("+", "").lower() != spec.replace("+", "").lower():
         LOGGER.info("atlas %r read as %s", spec, canonical)
     if "+" in canonical:
-        return _combine([resolve_registry(p, space=space) for p in canonical.split("+")])
+        return resolve_combined(canonical.split("+"), space=space)
     return resolve_registry(canonical, space=space)
 
 
@@ -313,25 +311,46 @@ def bundled_image(name: str) -> Path | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _combine(parts: list[Atlas]) -> Atlas:
-    """One atlas joining ``parts`` in order: ROIs renumbered 1..N, names kept."""
-    import pandas as pd
+def resolve_combined(names: list[str], *, space: str | None = None) -> Atlas:
+    """Resolve registry atlases in one template and join them (:mod:`bidsfm.atlases.combine`).
 
-    names = [n for p in parts for n in p.roi_names]
-    clash = len(set(names)) != len(names)
-    frames = []
-    for part in parts:
-        part_names = part.roi_names
-        if clash:
-            part_names = [f"{part.name}_{n}" for n in part_names]
-        frames.append(pd.DataFrame({"name": part_names}))
-    labels = pd.concat(frames, ignore_index=True)
-    labels.insert(0, "index", range(1, len(labels) + 1))
-    templates = {p.template for p in parts}
-    digest = hashlib.sha256("+".join(f"{p.name}:{p.sha256}" for p in parts).encode())
-    notes = "; ".join(f"{p.name}: {p.note}" for p in parts if p.note)
-    return Atlas(
-        name=combined_name("+".join(p.name for p in parts)), image=parts[0].image,
-        labels=labels, template=templates.pop() if len(templates) == 1 else None,
-        source=" + ".join(f"{p.name}: {p.source}" for p in parts),
-        sha256=digest.hexdigest(), kind="dseg", parts=tuple(parts), note=notes)
+    The template is the run's when every part is available in it (locally, or by download
+    when allowed), else the first template of the parts' registry order in which all are.
+
+    Raises
+    ------
+    AtlasNotFoundError
+        No template holds every part; the message says which part is where.
+    """
+    from .combine import combine
+
+    records = [REGISTRY[n] for n in names]
+    tpl = template_id(space)
+    candidates = list(dict.fromkeys(t for t in (tpl, *(t for r in records for t in r.templates))
+                                    if t))
+    for allow_download in (False, True):
+        if allow_download and offline():
+            break
+        for t in candidates:
+            parts = [_local(r, t) for r in records]
+            if allow_download:
+                try:
+                    parts = [p or next(_from_release(r, rel, True) for rel in r.releases
+                                       if rel.template == t)
+                             for p, r in zip(parts, records, strict=True)]
+                except (StopIteration, AtlasNotFoundError):
+                    continue
+            if all(parts):
+                if tpl is not None and t != tpl:
+                    warn_once(("combined-template", "+".join(names), tpl),
+                              "%s: not every part is available in %s; joining them in %s",
+                              "+".join(names), tpl, t)
+                return combine(parts)
+    where = []
+    for r in records:
+        have = [t for t in candidates if _local(r, t) is not None]
+        where.append(f"{r.name}: {', '.join(have) or 'not available offline'}")
+    raise AtlasNotFoundError(
+        f"no template holds every part of {'+'.join(names)} ({'; '.join(where)})",
+        remedy=f"Fetch the parts in one template, e.g. `bidsfm-atlas fetch {' '.join(names)} "
+        f"--space {candidates[0]}` on a machine with internet access")
