@@ -169,6 +169,11 @@ def _float_or_none(value: Any) -> float | None:
               show_default=True, help="Where the model runs (auto = GPU when visible).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="FC matrices per forward pass of the model.")
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32",
+              show_default=True,
+              help="Numerical precision of the model: float32 gives the same numbers on CPU "
+                   "and GPU; bf16 (bfloat16 autocast, faster on GPUs) moves embeddings by "
+                   "1-5 % relative (docs/performance.md).")
 @click.option("--heads", "heads", multiple=True, metavar="[NAME=]PATH",
               help="Participant level: also apply this head (a group/target-<COLUMN>/head "
                    "folder written by the group level) to every run; repeatable.")
@@ -201,6 +206,13 @@ def _float_or_none(value: Any) -> float | None:
               show_default=True,
               help="Group level: ComBat (empirical Bayes, neuroHarmonize) or per-site centring.")
 @click.option("--no-qcfc", is_flag=True, help="Group level: skip QC-FC.")
+@click.option("--no-figures", is_flag=True,
+              help="Participant level: draw no figure (no PNG; the HTML report keeps its tables "
+                   "with a note in place of each figure). Draw them later with --reports-only.")
+@click.option("--reports-only", is_flag=True,
+              help="Only (re)build figures and reports from the outputs already in OUTPUT_DIR, "
+                   "without reprocessing: sub-<label>.html and the attention PNGs "
+                   "(participant level), group.html (group level), and logs/CITATION.md.")
 @click.option("-w", "--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Nipype work directory (caching, crash files). Default: ./work.")
 @click.option("--nprocs", "--nthreads", "--n-cpus", "nprocs", type=int, default=1,
@@ -249,12 +261,17 @@ def run_group(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
     if opts.get("heads"):
         LOGGER.warning("--heads is a participant-level option; ignored at the group level")
+    if opts.get("no_figures"):
+        LOGGER.warning("--no-figures is a participant-level option; the group level draws its "
+                       "figures")
     output_dir = output_dir.absolute()
     inputs = [bids_dir.absolute(), *(Path(p).absolute() for p in
                                      _parse_derivatives(opts["derivatives"]).values())]
     refuse_inside_input({"output": output_dir}, inputs)  # as the participant level does
     if output_dir.is_dir() and (output_dir / "dataset_description.json").is_file():
         check_output_dataset(output_dir)  # never write into another tool's dataset
+    if opts.get("reports_only"):
+        return group_reports_only(output_dir)
     return run_group_level(bids_dir, output_dir,
                            derivatives_map=_parse_derivatives(opts["derivatives"]), **opts)
 
@@ -369,6 +386,8 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
     BidsfmError
         For problems that stop the whole job (bad options, no input dataset, no atlas).
     """
+    if opts.get("reports_only"):
+        return participant_reports_only(output_dir.absolute(), opts)
     from .discovery import (
         RunProblem,
         available_spaces,
@@ -522,7 +541,8 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                 raise output_error(exc, work_dir, "work folder") from None
             results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts,
                                     model, heads)
-            _subject_reports(output_dir, [p for p, r in runs_by_participant.items() if r])
+            _subject_reports(output_dir, [p for p, r in runs_by_participant.items() if r],
+                             figures=not opts.get("no_figures"))
             _citation(output_dir, options, model)
     finally:
         for lock in locks:
@@ -729,7 +749,43 @@ def _processing_options(opts: dict[str, Any]):
         detrend=bool(opts["detrend"]))
 
 
-def _subject_reports(output_dir: Path, participants: list[str]) -> None:
+def participant_reports_only(output_dir: Path, opts: dict[str, Any]) -> int:
+    """``--reports-only`` at the participant level (:mod:`bidsfm.reports.rebuild`): exit code.
+
+    Raises
+    ------
+    BidsfmError
+        If the output folder is not bidsfm's or holds no outputs for the participants.
+    """
+    from .derivatives import check_output_dataset
+    from .discovery import normalize_participant_labels
+    from .reports.rebuild import rebuild_participant_reports
+
+    if not (output_dir / "dataset_description.json").is_file():
+        from .errors import ConfigError
+
+        raise ConfigError("--reports-only: the output folder holds no bidsfm outputs",
+                          path=output_dir, remedy="Run the participant level first")
+    check_output_dataset(output_dir)
+    problems = rebuild_participant_reports(
+        output_dir, normalize_participant_labels(opts["participant_label"]),
+        figures=not opts.get("no_figures"))
+    for line in problems:
+        LOGGER.error("%s", line)
+    return EXIT_PARTIAL if problems else EXIT_OK
+
+
+def group_reports_only(output_dir: Path) -> int:
+    """``--reports-only`` at the group level: ``group.html`` and CITATION.md; exit code."""
+    from .reports.rebuild import rebuild_group_report
+
+    problems = rebuild_group_report(output_dir)
+    for line in problems:
+        LOGGER.error("%s", line)
+    return EXIT_PARTIAL if problems else EXIT_OK
+
+
+def _subject_reports(output_dir: Path, participants: list[str], figures: bool = True) -> None:
     """``sub-X.html`` for each participant; a report failure never fails the participant."""
     try:
         from .reports import write_subject_report
@@ -737,7 +793,7 @@ def _subject_reports(output_dir: Path, participants: list[str]) -> None:
         return
     for p in participants:
         try:
-            write_subject_report(output_dir, p)
+            write_subject_report(output_dir, p, figures=figures)
         except Exception as exc:
             LOGGER.warning("sub-%s: the HTML report could not be written (%s: %s)", p,
                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
@@ -771,7 +827,8 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
                         omp_nthreads=opts["omp_nthreads"],
                         model=None if model is None else model["path"], device=opts["device"],
                         batch_size=opts["batch_size"], mem_mb=opts["mem_mb"],
-                        heads=heads or [])
+                        heads=heads or [], figures=not opts.get("no_figures"),
+                        precision=opts.get("precision") or "float32")
     plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
     try:
         graph = wf.run(**plugin)

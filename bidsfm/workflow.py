@@ -92,6 +92,10 @@ class _EncodeInputSpec(BaseInterfaceInputSpec):
     batch_size = traits.Int(64, usedefault=True, desc="FC matrices per forward pass")
     heads = traits.List(traits.Str, usedefault=True,
                         desc="extra heads (--heads) as NAME=PATH of group-level head folders")
+    figures = traits.Bool(True, usedefault=True,
+                          desc="draw the attention glass brains (False: --no-figures)")
+    precision = traits.Enum("float32", "bf16", usedefault=True,
+                            desc="inference precision (--precision)")
 
 
 class _EncodeOutputSpec(TraitedSpec):
@@ -124,7 +128,8 @@ class EncodeParticipant(SimpleInterface):
         try:
             device = str(resolve_device(self.inputs.device))
             try:
-                model = load_model(self.inputs.model, device=device)
+                model = load_model(self.inputs.model, device=device,
+                                   precision=self.inputs.precision)
             except BidsfmError:
                 raise
             except Exception as exc:  # e.g. a weights file that is not safetensors
@@ -139,7 +144,8 @@ class EncodeParticipant(SimpleInterface):
                     name, _, path = spec.partition("=")
                     model.heads[name] = load_head(path, model.card, name=name)
             results = encode_participant(runs, model, self.inputs.output_dir,
-                                         batch_size=self.inputs.batch_size)
+                                         batch_size=self.inputs.batch_size,
+                                         figures=self.inputs.figures)
         except BidsfmError as err:
             results = [{"run": r.prefix, "status": "error", "reason": err.one_line()}
                        for r in runs]
@@ -182,7 +188,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                         model: str | None = None, device: str = "cpu",
                         batch_size: int = 64, mem_mb: int | None = None,
                         atlas_index_dir: str | Path | None = None,
-                        heads: list[str] | None = None) -> pe.Workflow:
+                        heads: list[str] | None = None, figures: bool = True,
+                        precision: str = "float32") -> pe.Workflow:
     """Build the workflow of one participant: one :class:`ProcessRun` node per BOLD run.
 
     Parameters
@@ -213,6 +220,10 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         Cache of atlases resampled onto run grids (see :func:`bidsfm.pipeline.process_run`).
     heads : list of str, optional
         Extra heads (``NAME=PATH`` of group-level head folders) applied with the model's own.
+    figures : bool
+        Draw the attention glass brains (``--no-figures`` sets False).
+    precision : str
+        Inference precision of the model, ``float32`` or ``bf16`` (``--precision``).
     """
     from nipype.interfaces import utility as niu
 
@@ -235,7 +246,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
                                            device=device, output_dir=str(output_dir),
                                            omp_nthreads=omp_nthreads, batch_size=batch_size,
-                                           heads=list(heads or [])),
+                                           heads=list(heads or []), figures=bool(figures),
+                                           precision=precision),
                          name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
         wf.connect(merge, "out", encode, "run_results")
     return wf
@@ -245,7 +257,8 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                    output_dir: str | Path, work_dir: str | Path, *,
                    dataset_name: str = "preprocessed", omp_nthreads: int = 1,
                    model: str | None = None, device: str = "cpu", batch_size: int = 64,
-                   mem_mb: int | None = None, heads: list[str] | None = None) -> pe.Workflow:
+                   mem_mb: int | None = None, heads: list[str] | None = None,
+                   figures: bool = True, precision: str = "float32") -> pe.Workflow:
     """Top-level workflow: one sub-workflow per participant, base dir under the work dir."""
     wf = pe.Workflow(name="bidsfm_wf", base_dir=str(work_dir))
     crash_dir = Path(work_dir) / "crash"
@@ -266,7 +279,8 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                                               atlas_index_dir=Path(work_dir) / "atlas_index",
                                               omp_nthreads=omp_nthreads, model=model,
                                               device=device, batch_size=batch_size,
-                                              mem_mb=mem_mb, heads=heads)])
+                                              mem_mb=mem_mb, heads=heads, figures=figures,
+                                              precision=precision)])
     return wf
 
 

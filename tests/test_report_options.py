@@ -101,3 +101,96 @@ def test_redraw_figures_goes_on_after_a_bad_statmap(participant_out, tmp_path): 
 def test_redraw_figures_needs_the_participant(tmp_path):
     with pytest.raises(InputDataError, match="sub-02"):
         redraw_figures(tmp_path, "02")
+
+
+# --------------------------------------------------------------------------- command line
+_JOB = """
+import json, sys
+from bidsfm.cli import main
+code = 0
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code or 0
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"matplotlib", "torch", "nipype",
+                                                          "bids", "nilearn"})
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def _job(args: list) -> dict:
+    """Run ``bidsfm ARGS`` in a fresh process; exit code and heavy modules it imported."""
+    res = subprocess.run([sys.executable, "-c", _JOB, *[str(a) for a in args]],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    info["log"] = res.stderr
+    return info
+
+
+@pytest.mark.skipif(not HAS_MODEL, reason="no bundled model")
+def test_cli_no_figures_then_reports_only(tiny_ds, tmp_path):
+    """--no-figures: no PNG, no matplotlib; --reports-only draws them from the outputs, touches
+    nothing else and needs neither the input index, Nipype nor torch."""
+    out = tmp_path / "out"
+    job = _job([tiny_ds["root"], out, "participant", "--participant-label", "02", "-w",
+                tmp_path / "work", "--no-figures", "--min-time", "0"])
+    assert job["code"] == 0, job["log"][-2000:]
+    assert "matplotlib" not in job["heavy"]
+    assert list(out.rglob("*.png")) == []
+    sidecars = sorted(out.rglob("*_embedding.json"))
+    assert len(sidecars) == 2
+    assert all(json.loads(p.read_text())["Precision"] == "float32" for p in sidecars)
+    text = (out / "sub-02.html").read_text(encoding="utf-8")
+    assert "<img" not in text and NO_FIGURES.split(".")[0] in text
+    before = _files(out)
+
+    job = _job(["/nonexistent/input", out, "participant", "--reports-only", "-w",
+                tmp_path / "work2"])
+    assert job["code"] == 0, job["log"][-2000:]
+    assert job["heavy"] == ["matplotlib"]  # no pybids index, Nipype, torch or nilearn
+    assert not (tmp_path / "work2").exists()
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 2  # both runs of sub-02 have model outputs
+    after = _files(out)
+    changed = sorted(k for k in after if before.get(k) != after[k])
+    assert all(k.endswith((".png", ".html", "CITATION.md")) for k in changed), changed
+    text = (out / "sub-02.html").read_text(encoding="utf-8")
+    assert text.count('alt="attention glass brain"') == 2
+    assert text.count('alt="carpet plot"') == 2
+    assert "[1/1] sub-02" in job["log"]
+
+    # a normal rerun reuses the model outputs and draws a PNG that is missing
+    pngs[0].unlink()
+    job = _job([tiny_ds["root"], out, "participant", "--participant-label", "02", "-w",
+                tmp_path / "work", "--min-time", "0"])
+    assert job["code"] == 0
+    assert sorted(out.rglob("*.png")) == pngs
+
+
+def test_cli_reports_only_errors(tiny_ds, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    job = _job([tiny_ds["root"], empty, "participant", "--reports-only"])
+    assert job["code"] == 2 and "no bidsfm outputs" in job["log"]
+    job = _job([tiny_ds["root"], empty, "group", "--reports-only"])
+    assert job["code"] == 2 and "group.json" in job["log"]
+
+
+def test_cli_reports_only_unknown_participant(participant_out, tmp_path):  # noqa: F811
+    out = _copy(participant_out, tmp_path)
+    job = _job(["/nonexistent", out, "participant", "--reports-only",
+                "--participant-label", "07"])
+    assert job["code"] == 2 and "sub-07" in job["log"]
+
+
+def test_cli_group_reports_only(tmp_path):
+    from test_reports import make_group_outputs
+
+    out = tmp_path / "out"
+    make_group_outputs(out)
+    job = _job(["/nonexistent", out, "group", "--reports-only"])
+    assert job["code"] == 0, job["log"][-2000:]
+    assert "torch" not in job["heavy"]
+    check_html((out / "group.html").read_text(encoding="utf-8"))
+    assert (out / "logs" / "CITATION.md").is_file()
