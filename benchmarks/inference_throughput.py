@@ -57,7 +57,7 @@ def main() -> None:
     if args.device == "all" and "cuda" not in devices:
         print("(no CUDA device visible: GPU rows not measured)")
     elif "cuda" in devices:
-        print(f"GPU: {torch.cuda.get_device_name(0)}; encoder under bf16 autocast on CUDA")
+        print(f"GPU: {torch.cuda.get_device_name(0)}; encoder in float32 (the default precision)")
     model = load_model(args.model)
     r = len(model.roi_names)
     fc = _fc(args.runs, r)

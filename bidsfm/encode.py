@@ -230,8 +230,11 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
                             "_qc": paths["qc"]})
             continue
         mpaths = model_paths(run, model.name, atlas, output_dir)
-        phash = _input_hash(model.card.get("sha256", ""), paths["fc"], _extra_heads_key(model))
+        phash = _input_hash(model.card.get("sha256", ""), paths["fc"], _extra_heads_key(model)
+                            + _precision_key(model))
         if _complete(mpaths, phash):
+            if figures:  # outputs of a --no-figures job: draw the missing PNG from the statmap
+                _redraw_missing_figure(run, model, mpaths, output_dir)
             results.append({"run": run.prefix, "status": "reused", "reason": "",
                             "_qc": paths["qc"]})
             continue
@@ -280,6 +283,8 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
         statmap = _write_statmap(run, model, att, heads, mpaths)
         if figures and heads:
             _write_figure(statmap, heads, run, model.name, model.atlas, output_dir)
+        else:  # --no-figures: an earlier run's PNG would show another statmap
+            _remove_figure(run, model.name, model.atlas, output_dir)
         rel = os.path.relpath(fc_path, output_dir)
         write_json_atomic(mpaths["embedding_json"], {
             "Model": {k: model.card.get(k) for k in ("name", "version", "family", "sha256")},
@@ -287,9 +292,17 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
             "Sources": [bids_uri("", rel)], "ParametersHash": phash,
             "Heads": {h: model.heads[h].meta() for h in heads},
             "Attribution": _attribution_text(model, attention_steps),
+            "Precision": getattr(model, "precision", "float32"),
         })
         results.append({"run": run.prefix, "status": "ok", "reason": "", "_qc": qc_path})
     return results
+
+
+def _precision_key(model) -> str:
+    """Part of the parameters hash for the inference precision (empty for float32, so that
+    float32 outputs written before ``--precision`` existed are reused)."""
+    precision = getattr(model, "precision", "float32")
+    return "" if precision == "float32" else f"|precision:{precision}"
 
 
 def _attribution_text(model, steps: int) -> str:
@@ -350,3 +363,29 @@ def _write_figure(statmap, heads: list[str], run: BoldRun, model_name: str, atla
     with atomic_path(path) as tmp:
         tmp.write_bytes(png)
     return path
+
+
+def _remove_figure(run: BoldRun, model_name: str, atlas: str, output_dir: str | Path) -> None:
+    """Remove the run's attention PNG (outputs rewritten with ``--no-figures``)."""
+    from .derivatives import figure_path
+
+    figure_path(run, model_name, atlas, output_dir).unlink(missing_ok=True)
+
+
+def _redraw_missing_figure(run: BoldRun, model, mpaths: dict[str, Path],
+                           output_dir: str | Path) -> None:
+    """Draw the PNG of reused model outputs from their statmap when it is missing."""
+    import nibabel as nib
+
+    from .derivatives import figure_path
+
+    if figure_path(run, model.name, model.atlas, output_dir).is_file():
+        return
+    try:
+        heads = [str(h) for h in json.loads(mpaths["statmap_json"].read_text())["Heads"]]
+        if heads:
+            _write_figure(nib.load(str(mpaths["statmap"])), heads, run, model.name,
+                          model.atlas, output_dir)
+    except Exception as exc:  # a picture never fails the run (e.g. an unreadable statmap)
+        LOGGER.warning("%s: the attention figure could not be drawn (%s: %s)", run.prefix,
+                       type(exc).__name__, exc)

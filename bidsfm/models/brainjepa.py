@@ -487,18 +487,22 @@ class BrainJEPAEncoder(nn.Module):
         """
         b, _, d = tokens.shape
         r, p = self.config.n_rois, self.config.n_patches
-        t = tokens.float().reshape(b, r, p * d)
-        if valid is None:
-            vr = torch.ones(b, r, device=t.device)
-        else:
-            vr = valid.to(t.dtype)
-        centre = (t * vr[..., None]).sum(1, keepdim=True) / vr.sum(1).clamp_min(1.0)[:, None, None]
-        t = t - centre
-        t = t - t.mean(dim=-1, keepdim=True)
-        t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        c = (t @ t.transpose(1, 2)).clamp(-clip, clip)
-        z = torch.atanh(c) * (1.0 - torch.eye(r, device=t.device, dtype=t.dtype))
-        return z * vr[:, :, None] * vr[:, None, :]
+        # always in float32, also under bf16 autocast (--precision bf16): in bfloat16 the
+        # clip 0.999 rounds to 1.0, atanh gives inf on the diagonal and inf * 0 = NaN
+        with torch.autocast(tokens.device.type, enabled=False):
+            t = tokens.float().reshape(b, r, p * d)
+            if valid is None:
+                vr = torch.ones(b, r, device=t.device)
+            else:
+                vr = valid.to(t.dtype)
+            centre = ((t * vr[..., None]).sum(1, keepdim=True)
+                      / vr.sum(1).clamp_min(1.0)[:, None, None])
+            t = t - centre
+            t = t - t.mean(dim=-1, keepdim=True)
+            t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            c = (t @ t.transpose(1, 2)).clamp(-clip, clip)
+            z = torch.atanh(c) * (1.0 - torch.eye(r, device=t.device, dtype=t.dtype))
+            return z * vr[:, :, None] * vr[:, None, :]
 
 
 def embed_runs(encoder: BrainJEPAEncoder, runs: list[tuple[np.ndarray, np.ndarray]],

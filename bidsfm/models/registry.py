@@ -51,6 +51,35 @@ def model_dir(spec: str | Path) -> Path:
                              "folder holding card.json and weights.safetensors")
 
 
+#: numerical precision of inference: ``float32`` (default, the same numbers on CPU and GPU) or
+#: ``bf16`` (bfloat16 autocast of the encoder's forward pass; faster on GPUs, embeddings move by
+#: about 1 % relative, see docs/performance.md)
+PRECISIONS = ("float32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`.
+
+    Raises
+    ------
+    ConfigError
+        Otherwise.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    return precision
+
+
+def inference_autocast(device: str, precision: str):
+    """Context of the encoder's forward pass: bfloat16 autocast for ``bf16`` on ``device``
+    (``cpu`` or ``cuda``), nothing for ``float32``."""
+    import torch
+
+    if check_precision(precision) == "bf16":
+        return torch.autocast(str(device).split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @dataclass
 class FoundationModel:
     """An encoder with its heads and card.
@@ -63,6 +92,12 @@ class FoundationModel:
         The FC encoder (eval mode).
     heads : dict of LinearHead
         Prediction heads on the embedding.
+    device : str
+        Where the encoder runs.
+    reference_fc : np.ndarray, optional
+        Mean training FC (attribution baseline, tangent reference).
+    precision : str
+        ``float32`` (default) or ``bf16`` (bfloat16 autocast of :meth:`encode`).
     """
 
     card: dict[str, Any]
@@ -70,6 +105,7 @@ class FoundationModel:
     heads: dict[str, LinearHead] = field(default_factory=dict)
     device: str = "cpu"
     reference_fc: np.ndarray | None = None
+    precision: str = "float32"
 
     @property
     def name(self) -> str:
@@ -135,14 +171,11 @@ class FoundationModel:
         np.ndarray
             (B, E) float32 embeddings.
         """
-        import torch
 
         from .brainmass import embed_fc
 
         x = self._fc_tensor(fc)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda")
-                    else contextlib.nullcontext())
-        with autocast:
+        with inference_autocast(self.device, self.precision):
             return np.atleast_2d(embed_fc(self.encoder, x, batch_size=batch_size))
 
     def head_outputs(self, emb: np.ndarray) -> dict[str, np.ndarray]:
@@ -250,6 +283,7 @@ class TimeSeriesModel:
     encoder: Any
     heads: dict[str, LinearHead] = field(default_factory=dict)
     device: str = "cpu"
+    precision: str = "float32"
 
     name = FoundationModel.name
     atlas = FoundationModel.atlas
@@ -342,13 +376,10 @@ class TimeSeriesModel:
 
     def encode(self, inputs: PreparedRuns, batch_size: int = 32) -> np.ndarray:
         """(n_runs, D) embeddings of prepared runs (windows averaged)."""
-        import torch
 
         from .brainjepa import embed_runs
 
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda")
-                    else contextlib.nullcontext())
-        with autocast:
+        with inference_autocast(self.device, self.precision):
             return embed_runs(self.encoder, inputs.runs, batch_size=batch_size)
 
     def embed(self, timeseries: list[np.ndarray],
@@ -490,13 +521,16 @@ def load_encoder_state(encoder, tensors: dict[str, np.ndarray], path: str | Path
     encoder.eval()
 
 
-def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu"):
+def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu",
+               precision: str = "float32"):
     """Load a bundled (or local) model: card, encoder and heads, from safetensors only.
 
     The card's ``family`` selects the model class: ``brainmass`` (FC input,
     :class:`FoundationModel`) or ``brainjepa`` (time-series input,
     :class:`TimeSeriesModel`). Models without heads (e.g. imported
-    checkpoints) load too.
+    checkpoints) load too. ``precision`` (:data:`PRECISIONS`) applies to :meth:`encode`:
+    ``float32`` by default on every device (a GPU gives the CPU's numbers), ``bf16`` for
+    bfloat16 autocast.
 
     Raises
     ------
@@ -504,13 +538,16 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu"):
         If the model is unknown, its weights do not match the card's sha256, or tensors are
         missing or mis-shaped (all listed).
     """
+    check_precision(precision)
     folder = model_dir(spec)
     card, tensors = _read_model_folder(folder)
     family = card.get("family")
     heads = {name: LinearHead.from_tensors(name, tensors, meta)
              for name, meta in (card.get("heads") or {}).items()}
     if family == "brainjepa":
-        return TimeSeriesModel.from_tensors(card, tensors, heads, folder / WEIGHTS).to(device)
+        model = TimeSeriesModel.from_tensors(card, tensors, heads, folder / WEIGHTS)
+        model.precision = precision
+        return model.to(device)
     if family != "brainmass":
         raise ConfigError(f"unsupported model family {family!r} (known: brainmass, "
                           "brainjepa)", path=folder / CARD)
@@ -531,7 +568,7 @@ def load_model(spec: str | Path = DEFAULT_MODEL, device: str = "cpu"):
     reference = tensors.get("reference.fc")
     model = FoundationModel(card=card, encoder=encoder, heads=heads,
                             reference_fc=None if reference is None
-                            else reference.astype(np.float32))
+                            else reference.astype(np.float32), precision=precision)
     return model.to(device)
 
 
