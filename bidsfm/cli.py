@@ -392,6 +392,7 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
         RunProblem,
         available_spaces,
         build_layout,
+        check_bids_filters,
         collect_runs,
         list_participants,
         locate_fmriprep,
@@ -484,6 +485,8 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
 
     db_dir = opts["bids_database_dir"] or (work_dir / "bids_db")
     layout = build_layout(fmriprep_dir, participants, Path(db_dir))
+    if filters:
+        check_bids_filters(filters, layout, opts["bids_filter_file"])
     raw_dir = locate_raw_dataset(bids_dir, fmriprep_dir)  # RepetitionTime fallback
     runs_by_participant = {}
     unmatched: list[str] = []  # participants with no run in the selection at all

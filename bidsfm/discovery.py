@@ -313,6 +313,43 @@ def _participant_view(fmriprep_dir: Path, participants: list[str], where: Path) 
     return view
 
 
+def symlink_loops(folder: Path) -> list[tuple[Path, Path]]:
+    """Folder symlinks under ``folder`` that lead back to a folder above them (loops).
+
+    pybids follows folder symlinks, so a link such as ``sub-01/func/loop -> ..`` made it index
+    every file again at each level, until the path was too long: thousands of misleading
+    warnings and a job several times slower. Links to anything else are followed as before.
+
+    Returns
+    -------
+    list of (Path, Path)
+        Each loop link (as found under ``folder``) and the folder it points back to.
+    """
+    loops: list[tuple[Path, Path]] = []
+
+    def is_dir(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_dir()  # follows links; a broken one is False
+        except OSError:  # e.g. a link to itself (ELOOP)
+            return False
+
+    def walk(path: str, chain: frozenset[str]) -> None:
+        try:
+            with os.scandir(path) as it:
+                entries = [e for e in it if is_dir(e)]
+        except OSError:
+            return
+        for entry in entries:
+            real = os.path.realpath(entry.path)
+            if entry.is_symlink() and real in chain:
+                loops.append((Path(entry.path), Path(real)))
+                continue
+            walk(entry.path, chain | {real})
+
+    walk(str(folder), frozenset({os.path.realpath(folder)}))
+    return loops
+
+
 def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path | None, *,
                  view: bool = True):
     """Index ``fmriprep_dir`` with pybids, restricted to ``participants``.
@@ -353,6 +390,12 @@ def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path
     if participants:
         alt = "|".join(re.escape(p) for p in participants)
         ignore.append(re.compile(rf"^/sub-(?!({alt})(/|$))"))
+    for label in participants or list_participants(fmriprep_dir):
+        for link, target in symlink_loops(fmriprep_dir / f"sub-{label}"):
+            LOGGER.warning("%s: a symbolic link back to %s, a folder above it (a loop); not "
+                           "indexed. Remove the link", link, target)
+            rel = link.relative_to(fmriprep_dir).as_posix()
+            ignore.append(re.compile("^/" + re.escape(rel) + "(/|$)"))
     indexer = BIDSLayoutIndexer(validate=False, index_metadata=False, ignore=ignore)
     kwargs: dict[str, Any] = {}
     scratch = None  # a temporary folder for the view, removed with the layout
@@ -395,6 +438,41 @@ def build_layout(fmriprep_dir: Path, participants: list[str], database_dir: Path
     if lock is not None:
         weakref.finalize(layout, lock.release)
     return layout
+
+
+def check_bids_filters(filters: dict[str, Any], layout, path: str | Path) -> None:
+    """Check a ``--bids-filter-file`` against the layout before it is used.
+
+    Each entry (``bold``, and fMRIPrep's ``t1w``, ``sbref`` ... which bidsfm ignores) must be
+    an object of ``entity: value`` pairs; the entities of ``bold`` must be ones pybids knows,
+    with a label, a number, ``null`` or a list of those as value.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file, the entry and the entity (with the closest known name).
+    """
+    import difflib
+
+    example = 'Write e.g. {"bold": {"task": "rest", "run": [1, 2]}}'
+    for key, value in filters.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"the filter file's {key!r} entry is {json.dumps(value)}, not "
+                              "an object of entity: value pairs", path=path, remedy=example)
+    known = set(layout.get_entities()) | {"extension", "suffix", "datatype"}
+    for entity, value in (filters.get("bold") or {}).items():
+        if entity not in known:
+            close = difflib.get_close_matches(str(entity), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown BIDS entity {entity!r} in the filter file's 'bold' "
+                              f"entry{hint}", path=path,
+                              remedy="Use entity names as pybids spells them: "
+                                     + ", ".join(sorted(known)))
+        values = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, (str, int, float)) for v in values):
+            raise ConfigError(f"the filter file's 'bold' entry gives {entity!r} the value "
+                              f"{json.dumps(value)}; expected a label, a number, null or a "
+                              "list of those", path=path, remedy=example)
 
 
 def real_path(layout, path: str | Path) -> Path:

@@ -409,3 +409,75 @@ def test_non_finite_roi_error_names_the_roi():
         clean_signals(x, t_r=2.0, roi_names=["CC200_001", "CC200_002", "CC200_003", "x"])
     with pytest.raises(InputDataError, match=r"\(first: column 3 of 4,"):
         clean_signals(x, t_r=2.0)
+
+
+def test_bold_sidecar_json_array_fails_that_run_only(tmp_path, tiny_ds, capsys):
+    """One BOLD sidecar holding a JSON array: that run is reported on one line naming the file
+    and the others go on (it stopped the whole job, for every participant)."""
+    from faultkit import error_lines
+
+    case = make_case(tiny_ds, tmp_path)
+    bold = case.path(0, "bold")
+    sidecar = bold.with_name(bold.name.replace(".nii.gz", ".json"))
+    sidecar.unlink()
+    sidecar.write_text('[{"RepetitionTime": 2.0}]')
+    code, log = case.cli(capsys=capsys)
+    assert code == 1, log
+    assert "Traceback" not in log
+    lines = error_lines(log)
+    assert len(lines) == 1 and sidecar.name in lines[0] and "not an object" in lines[0], lines
+    assert _statuses(case.out) == {"sub-03_task-rest_run-2": "ok"}
+
+
+def test_symlink_loop_in_a_subject_folder(tmp_path, tiny_ds, capsys):
+    """A folder symlink back to a folder above it (``sub-03/func/loop -> ..``) is one warning
+    and is not indexed: the runs are processed once (pybids followed it, indexing every file
+    again at each level: thousands of 'several BOLD files' errors, a slower job, exit 1)."""
+    case = make_case(tiny_ds, tmp_path)
+    (case.ds / "sub-03" / "func" / "loop").symlink_to("..", target_is_directory=True)
+    (case.ds / "sub-03" / "self").symlink_to("self")  # a file link to itself: ignored
+    code, log = case.cli(capsys=capsys)
+    assert code == 0, log[-3000:]
+    warnings = [ln for ln in log.splitlines() if " WARNING " in ln and "loop" in ln]
+    assert len(warnings) == 1 and "sub-03/func/loop" in warnings[0], warnings
+    assert len(log.splitlines()) < 10, log[-3000:]
+    assert set(_statuses(case.out).values()) == {"ok"} and len(_statuses(case.out)) == 2
+
+
+def test_symlink_loops_through_two_links(tmp_path):
+    """A cycle through two links (one leaving the dataset and one coming back) is found; a
+    link to a folder elsewhere is followed as before."""
+    from bidsfm.discovery import symlink_loops
+
+    sub = tmp_path / "ds" / "sub-01"
+    (sub / "func").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    (sub / "anat").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "back").symlink_to(sub, target_is_directory=True)
+    loops = symlink_loops(sub)
+    assert [(p.relative_to(sub).as_posix(), t) for p, t in loops] == [
+        ("anat/back", sub.resolve())]
+
+
+@pytest.mark.parametrize("content,words", [
+    ('{"bold": "sub-03"}', "'bold' entry is \"sub-03\", not an object"),
+    ('"task-rest"', "must hold a JSON object"),
+    ('{"bold": {"foo": "x"}}', "unknown BIDS entity 'foo'"),
+    ('{"bold": {"tsk": "rest"}}', "(did you mean 'task'?)"),
+    ('{"bold": {"task": {"a": 1}}}', "expected a label, a number"),
+    ('{"t1w": ["x"], "bold": {"task": "rest"}}', "'t1w' entry is [\"x\"]"),
+])
+def test_bad_bids_filter_file_is_one_line(content, words, tmp_path, tiny_ds, capsys):
+    """A filter file with an unknown entity, or a string where an object is expected, is one
+    line naming the file, exit 2 (was an internal error with a traceback, exit 3)."""
+    from faultkit import error_lines
+
+    case = make_case(tiny_ds, tmp_path)
+    filters = tmp_path / "filters.json"
+    filters.write_text(content)
+    code, log = case.cli("--bids-filter-file", filters, capsys=capsys)
+    assert code == 2, log
+    assert "Traceback" not in log
+    lines = error_lines(log)
+    assert len(lines) == 1 and str(filters) in lines[0] and words in lines[0], lines
+    assert not case.out.exists()
