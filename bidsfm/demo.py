@@ -1025,7 +1025,8 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
                           n_subjects: int | None = None, seed: int = 0,
                           shared_data: str | Path | None = None, atlas: str = "CC200",
                           space: str = "MNI152NLin2009cAsym", dtype: str = "float32",
-                          compress: bool = True, n_volumes: int | None = None) -> dict:
+                          compress: bool = True, n_volumes: int | None = None,
+                          progress: Any = None) -> dict:
     """Write a synthetic fMRIPrep derivatives dataset and return its manifest.
 
     Parameters
@@ -1058,6 +1059,9 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
     n_volumes : int, optional
         Length of every run (default: the preset's), e.g. to benchmark memory against run
         length. At least 30.
+    progress : bidsfm.progress.Steps, optional
+        Told when each participant starts and ends (``bidsfm-demo`` passes one: a bar on a
+        terminal, a line per participant off it). Default: log lines to ``bidsfm.demo``.
 
     Returns
     -------
@@ -1117,7 +1121,16 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
     coords_z = _world_coords(anat.shape, anat.affine)[..., 2]
     brain_top = float(coords_z[anat.brain].max())
     runs = []
+    if progress is None:
+        import logging
+
+        from .progress import Steps
+
+        progress = Steps("demo dataset", len(subjects), logging.getLogger("bidsfm.demo"),
+                         bar=False)
     for si, subj in enumerate(subjects):
+        item = f"sub-{subj.label}"
+        progress.start(item, f"simulating {len(subj.runs)} run(s)")
         cut_z = brain_top - 15.0 if subj.fov_cut else None
         for ri, spec in enumerate(subj.runs):
             rng = np.random.default_rng([seed, si, ri, 2718])
@@ -1160,6 +1173,7 @@ def make_fmriprep_dataset(out_dir: str | Path, *, size: str = "tiny",
                 "n_volumes": spec.n_volumes, "n_nss": spec.n_nss, "motion": spec.motion,
                 "fov_cut": subj.fov_cut, "n_motion_outliers": n_out,
             })
+        progress.end(item, f"{len(subj.runs)} run(s) written")
     manifest = {
         "root": str(root), "size": size, "seed": seed, "space": space,
         "voxel_size": preset.voxel_size, "shape": list(anat.shape), "dtype": dtype,
@@ -1204,9 +1218,11 @@ def _build_cli() -> Any:
     def cli(out_dir: str, size: str, n_subjects: int | None, seed: int, atlas: str,
             shared_data: str | None, dtype: str, no_compress: bool) -> None:
         t0 = time.perf_counter()
-        man = make_fmriprep_dataset(out_dir, size=size, n_subjects=n_subjects, seed=seed,
-                                    shared_data=shared_data, atlas=atlas, dtype=dtype,
-                                    compress=not no_compress)
+        n_sub = SIZES[size].n_subjects if n_subjects is None else n_subjects
+        with _demo_steps(n_sub) as steps:
+            man = make_fmriprep_dataset(out_dir, size=size, n_subjects=n_subjects, seed=seed,
+                                        shared_data=shared_data, atlas=atlas, dtype=dtype,
+                                        compress=not no_compress, progress=steps)
         took = time.perf_counter() - t0
         n_sub = len(man["participants"])
         n_runs = len(man["runs"])
@@ -1223,6 +1239,29 @@ def _build_cli() -> Any:
         click.echo(f"Manifest:   {Path(man['root']) / DEMO_DIR / 'manifest.json'}")
 
     return cli
+
+
+def _demo_steps(n_subjects: int) -> Any:
+    """Progress of ``bidsfm-demo``: a bar on a terminal, a line per participant on stderr."""
+    import logging
+    import sys
+
+    from .progress import Steps, console, on_terminal
+
+    logger = logging.getLogger("bidsfm.demo")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        if on_terminal():
+            from rich.logging import RichHandler
+
+            handler: logging.Handler = RichHandler(show_path=False, markup=False,
+                                                   console=console())
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    return Steps("demo dataset", n_subjects, logger)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
