@@ -10,11 +10,13 @@ configuration or missing atlas (nothing processed); 3 an unexpected internal err
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,15 +239,36 @@ def cli(bids_dir: Path, output_dir: Path, analysis_level: str, **opts: Any) -> N
     _setup_logging(opts["verbose"])
     from .errors import BidsfmError
 
+    work_dir = opts["work_dir"] or (Path("work") if analysis_level == "participant" else None)
     try:
-        if analysis_level == "group":
-            code = run_group(bids_dir, output_dir, **opts)
-        else:
-            code = run_participant_level(bids_dir, output_dir, **opts)
+        with _matplotlib_cache(work_dir):
+            if analysis_level == "group":
+                code = run_group(bids_dir, output_dir, **opts)
+            else:
+                code = run_participant_level(bids_dir, output_dir, **opts)
     except BidsfmError as err:
         click.echo(f"bidsfm: error: {err.one_line()}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def _matplotlib_cache(work_dir: Path | None) -> Iterator[None]:
+    """Keep matplotlib's font cache in the work folder (``MPLCONFIGDIR``) while a level runs.
+
+    So that bidsfm writes nothing outside OUTPUT_DIR and the work folder (matplotlib would
+    write ``~/.cache/matplotlib``, and cluster jobs sharing a home folder would race on it).
+    A user's (or the container's) ``MPLCONFIGDIR`` is kept; nothing is set without a work
+    folder (the group level without ``-w``).
+    """
+    if work_dir is None or "MPLCONFIGDIR" in os.environ:
+        yield
+        return
+    os.environ["MPLCONFIGDIR"] = str(Path(work_dir).absolute() / "matplotlib")
+    try:
+        yield
+    finally:
+        os.environ.pop("MPLCONFIGDIR", None)
 
 
 def run_group(bids_dir: Path, output_dir: Path, **opts: Any) -> int:

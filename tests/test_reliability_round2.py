@@ -481,3 +481,89 @@ def test_bad_bids_filter_file_is_one_line(content, words, tmp_path, tiny_ds, cap
     lines = error_lines(log)
     assert len(lines) == 1 and str(filters) in lines[0] and words in lines[0], lines
     assert not case.out.exists()
+
+
+# --- every write under OUTPUT_DIR or the work folder ---------------------------------------
+
+#: run as ``python TRACER ARGS...``: the bidsfm command line with an audit hook (PEP 578) that
+#: logs every file-system write (open for writing, rename/replace, link, mkdir, remove, rmdir,
+#: chmod, truncate, utime, rmtree) with its absolute path to $BIDSFM_TRACE
+TRACER = '''
+import os, sys
+LOG = os.open(os.environ["BIDSFM_TRACE"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+SECOND = ("os.rename", "os.link", "os.symlink")
+FIRST = ("os.mkdir", "os.remove", "os.rmdir", "os.chmod", "os.truncate", "os.utime",
+         "shutil.rmtree")
+
+def record(event, path):
+    if path is None or isinstance(path, int):
+        return
+    path = os.path.abspath(os.fsdecode(os.fspath(path)))
+    os.write(LOG, f"{event}\\t{path}\\n".encode())
+
+def hook(event, args):
+    if event == "open":
+        path, mode, flags = args
+        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (flags or 0) & FLAGS:
+            record(event, path)
+    elif event in SECOND:
+        record(event, args[1])
+    elif event in FIRST:
+        record(event, args[0])
+
+sys.addaudithook(hook)
+from bidsfm.cli import main
+main(sys.argv[1:])
+'''
+
+
+def test_every_write_is_under_output_or_work(tmp_path, tiny_ds):
+    """Hostile runs traced with an audit hook: relative paths from another folder, an atlas
+    name with path characters, a truncated BOLD, a symlink loop, the group level, refused
+    command lines. Every file-system write is under OUTPUT_DIR or the work folder."""
+    import subprocess
+
+    ds = tmp_path / "ds"
+    from conftest import clone_dataset
+
+    clone_dataset(tiny_ds["root"], ds, ["03"])
+    (ds / "sub-03" / "func" / "loop").symlink_to("..", target_is_directory=True)
+    bold = next(ds.glob("sub-03/func/*run-1*desc-preproc_bold.nii.gz"))
+    data = bold.read_bytes()
+    bold.unlink()
+    bold.write_bytes(data[: len(data) // 2])
+    (tmp_path / "in").mkdir()
+    shutil.copy(tiny_ds["runs"][0]["labels"], tmp_path / "in" / "tiny.nii.gz")
+    (tmp_path / "in" / "strategy.json").write_text('{"motion": "basic"}')
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (tmp_path / "tracer.py").write_text(TRACER)
+    trace = tmp_path / "trace.tsv"
+    env = {**os.environ, "NIPYPE_NO_ET": "1", "BIDSFM_OFFLINE": "1", "BIDSFM_TRACE": str(trace),
+           "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(tmp_path / "home")}
+    env.pop("MPLCONFIGDIR", None)
+    out, work = tmp_path / "out", tmp_path / "work"
+    runs = [
+        (["../ds", "../out", "participant", "-w", "../work", "--min-time", "0",
+          "--atlas", "tiny=../in/tiny.nii.gz", "--atlas", "../evil=../in/tiny.nii.gz",
+          "--denoise-strategy", "../in/strategy.json"], 1),
+        (["../ds", "../out", "group", "-w", "../work"], 0),
+        (["../ds", "../ds", "group"], 2),
+        (["../ds", "../out", "participant", "-w", "../work", "--atlas",
+          "X=../../x.nii.gz", "--model", "none"], 2),
+    ]
+    for args, expected in runs:
+        proc = subprocess.run([sys.executable, str(tmp_path / "tracer.py"), *args], cwd=cwd,
+                              env=env, capture_output=True, text=True)
+        assert proc.returncode == expected, (args, proc.stderr[-3000:])
+    writes = [line.split("\t") for line in trace.read_text().splitlines()]
+    assert any(Path(p).is_relative_to(out) for _, p in writes)  # the trace works
+    allowed = [Path(os.path.realpath(a)) for a in (out, work)]
+
+    def entry(path: str) -> Path:  # the entry written (a link itself, not its target)
+        return Path(os.path.realpath(os.path.dirname(path))) / os.path.basename(path)
+
+    outside = sorted({(event, p) for event, p in writes if p != os.devnull
+                      and not any(entry(p).is_relative_to(a) for a in allowed)})
+    assert outside == [], outside
