@@ -216,7 +216,8 @@ def _float_or_none(value: Any) -> float | None:
                    "without reprocessing: sub-<label>.html and the attention PNGs "
                    "(participant level), group.html (group level), and logs/CITATION.md.")
 @click.option("-w", "--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Nipype work directory (caching, crash files). Default: ./work.")
+              default=None,
+              help="Work directory (Nipype crash files, pybids index). Default: ./work.")
 @click.option("--nprocs", "--nthreads", "--n-cpus", "nprocs", type=int, default=1,
               show_default=True, help="Parallel processes (MultiProc when > 1).")
 @click.option("--omp-nthreads", type=int, default=1, show_default=True,

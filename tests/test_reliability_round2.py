@@ -80,9 +80,14 @@ def test_space_label_with_newline_or_path_refused(spec):
 
 
 def test_labels_are_checked_with_fullmatch():
-    """The command line's label patterns are full matches: a value ending in a newline is not
-    a label (``re.match`` with ``$`` accepted it)."""
+    """The command line's and the report's label patterns are full matches: a value ending in
+    a newline is not a label (``re.match`` with ``$`` accepted it)."""
     from bidsfm.cli import _BIDS_LABEL, expand_greedy
+    from bidsfm.errors import ConfigError
+    from bidsfm.reports.subject import normalize_subject
+
+    with pytest.raises(ConfigError, match="not a BIDS label"):
+        normalize_subject("sub-01\n")
 
     assert _BIDS_LABEL.fullmatch("CC200\n") is None
     assert expand_greedy(["--participant-label", "01", "02\n"]) == [

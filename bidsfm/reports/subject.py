@@ -32,7 +32,7 @@ QC_SUFFIX = RUN_OUTPUT_TAILS["qc"]
 NO_FIGURES = ("Figures not drawn (--no-figures). Draw them from the outputs on disk, without "
               "reprocessing, with: bidsfm BIDS_DIR OUTPUT_DIR participant --reports-only.")
 TS_SUFFIX = RUN_OUTPUT_TAILS["timeseries"]
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_LABEL = re.compile(r"[A-Za-z0-9]+")  # used with fullmatch: "$" accepts a trailing newline
 #: run entities shown in titles, in BIDS order
 RUN_ENTITIES = ("ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
 
@@ -99,7 +99,7 @@ def normalize_subject(subject: str) -> str:
     """
     label = str(subject)
     label = label[4:] if label.startswith("sub-") else label
-    if not _LABEL.match(label):
+    if not _LABEL.fullmatch(label):
         raise ConfigError(f"participant label {subject!r} is not a BIDS label (letters and "
                           "digits only)")
     return label
