@@ -287,3 +287,13 @@ def test_participant_level_with_heads(cohort, tmp_path, capsys):
     code, text = run_cli(base + ["--heads", other], capsys)
     assert code == 2
     assert "was fitted on embeddings of model bidsfmfc (sha256 000000000000)" in text
+
+
+def test_group_level_reports_each_target(cohort, capsys):
+    """Progress (issue 16): a line when each target starts and ends (a target takes about a
+    minute on a real cohort)."""
+    code, log = run_cli(cohort["args"], capsys)
+    assert code == cohort["code"]
+    assert "[1/2] target diagnosis: cross-validated head" in log
+    assert "[2/2] target age: cross-validated head" in log
+    assert "[1/2] target diagnosis: done (" in log and "[2/2] target age: done (" in log

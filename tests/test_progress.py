@@ -105,3 +105,4 @@ def test_demo_command_line_prints_progress(tmp_path, argv):
                          capture_output=True, text=True, check=True)
     assert "[1/2] sub-01: simulating" in res.stderr
     assert "[2/2] sub-02:" in res.stderr and "run(s) written" in res.stderr
+

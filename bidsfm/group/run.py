@@ -184,15 +184,22 @@ def run_group_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                                                   and parsed["targets"]) else None
         if model_card is None:
             model_card = _card_from_embedding_json(output_dir, model_name)
-        for spec in parsed["targets"]:
-            try:
-                done_targets.append(_one_target(spec, table, table_path, ids, emb, gdir,
-                                                model, model_card, fc_by_participant, opts,
-                                                harmonization))
-            except (BidsfmError, ValueError) as exc:
-                msg = exc.one_line() if isinstance(exc, BidsfmError) else str(exc)
-                LOGGER.error("target %s: %s", spec.column, msg)
-                failures.append(f"target {spec.column}: {msg}")
+        from ..progress import Steps
+
+        with Steps("group targets", len(parsed["targets"]), LOGGER) as steps:
+            for spec in parsed["targets"]:
+                steps.start(f"target {spec.column}", "cross-validated head, metrics with "
+                            "bootstrap intervals, figure, final head, attention")
+                try:
+                    done_targets.append(_one_target(spec, table, table_path, ids, emb, gdir,
+                                                    model, model_card, fc_by_participant,
+                                                    opts, harmonization))
+                    steps.end(f"target {spec.column}", "done")
+                except (BidsfmError, ValueError) as exc:
+                    msg = exc.one_line() if isinstance(exc, BidsfmError) else str(exc)
+                    steps.end(f"target {spec.column}", "failed", logging.ERROR)
+                    LOGGER.error("target %s: %s", spec.column, msg)
+                    failures.append(f"target {spec.column}: {msg}")
         if parsed["reference"]:
             try:
                 normative = _normative(parsed["reference"], table, table_path, ids, emb, cols,
