@@ -12,7 +12,11 @@
 #   TORCH_VERSION        the torch release pinned in pyproject.toml
 #   TORCH_CPU_INDEX_URL  where the +cpu wheel lives; empty = only pip's configured sources
 #   CC200_FILE           path (inside the build, e.g. from `podman build -v`) of a local CC200
-#                        copy; empty or missing = download CC200_URL, both verified by sha256
+#                        copy; empty or missing = the copy that ships with bidsfm (sha256-checked)
+#   ATLAS_FETCH          space-separated atlas names baked into the image's atlas cache with
+#                        `bidsfm-atlas fetch` (e.g. "Gordon333 Glasser360 TianS3"); needs network
+#                        at build time. CC200, Schaefer400x17 and Tian S1-S4 (MNI152NLin2009cAsym)
+#                        ship inside the package and need nothing (docs/atlases.md)
 #   TEMPLATEFLOW_FETCH   space-separated TemplateFlow sets baked into TEMPLATEFLOW_HOME: xfm
 #                        (MNI152NLin6Asym -> MNI152NLin2009cAsym transform used for CC200 on
 #                        fMRIPrep's default space) and/or SchaeferNxK; needs network at build time
@@ -54,6 +58,7 @@ RUN /opt/venv/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('
 FROM deps AS build
 ARG PIP_EXTRA_ARGS=""
 ARG CC200_FILE=""
+ARG ATLAS_FETCH=""
 ARG TEMPLATEFLOW_FETCH=""
 COPY pyproject.toml README.md /src/
 COPY bidsfm /src/bidsfm
@@ -63,7 +68,8 @@ COPY containers/export_dist.py containers/fetch_templateflow.py /src/containers/
 RUN /opt/venv/bin/pip install ${PIP_EXTRA_ARGS} --no-deps /src \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/python /src/containers/export_dist.py /opt/overlay bidsfm
-# The CC200 atlas (sha256-verified by bidsfm-atlas) and, on request, TemplateFlow files
+# The atlas cache: CC200 checked (or seeded), the demo's Schaefer + Tian joined once, and on
+# request more atlases (ATLAS_FETCH) and TemplateFlow files
 # hadolint ignore=SC2086
 RUN mkdir -p /opt/bidsfm/home /opt/templateflow \
     && export BIDSFM_HOME=/opt/bidsfm/home TEMPLATEFLOW_HOME=/opt/templateflow \
@@ -72,6 +78,8 @@ RUN mkdir -p /opt/bidsfm/home /opt/templateflow \
        else \
          /opt/venv/bin/bidsfm-atlas where CC200; \
        fi \
+    && /opt/venv/bin/bidsfm-atlas where TianS3+Schaefer400x17 --space MNI152NLin2009cAsym \
+    && if [ -n "${ATLAS_FETCH}" ]; then /opt/venv/bin/bidsfm-atlas fetch ${ATLAS_FETCH}; fi \
     && if [ -n "${TEMPLATEFLOW_FETCH}" ]; then \
          python3 -m venv /tmp/tfvenv \
          && /tmp/tfvenv/bin/pip install ${PIP_EXTRA_ARGS} "templateflow>=24.2" \

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-# Everything the demo needs ships with bidsfm (the CC200 atlas and the ABIDE mean FC used to
-# synthesise realistic signals, under bidsfm/data/): no ../shared/data and no network needed.
+# Everything the demo needs ships with bidsfm (the CC200 atlas, Schaefer400x17 and Tian S3 in
+# MNI152NLin2009cAsym, and the ABIDE mean FC used to synthesise realistic signals, under
+# bidsfm/data/): no ../shared/data and no network needed.
 export NIPYPE_NO_ET=1
 export BIDSFM_OFFLINE=${BIDSFM_OFFLINE:-1}  # nothing the demo uses is downloaded
 DEMO=${BIDSFM_DEMO_DIR:-$PWD/demo}
@@ -13,9 +14,10 @@ export BIDSFM_HOME=${BIDSFM_HOME:-$DEMO/bidsfm_home}
 mkdir -p "$DEMO"
 echo "== Generating the demo fMRIPrep dataset in $DEMO/fmriprep"
 .venv/bin/bidsfm-demo "$DEMO/fmriprep" --size small --n-subjects 6
-echo "== Running bidsfm (participant level)"
+echo "== Running bidsfm (participant level): CC200 and Schaefer400x17 + Tian S3 (450 ROIs)"
 set +e
-.venv/bin/bidsfm "$DEMO/fmriprep" "$DEMO/bidsfm" participant -w "$DEMO/work" --nprocs 2
+.venv/bin/bidsfm "$DEMO/fmriprep" "$DEMO/bidsfm" participant -w "$DEMO/work" --nprocs 2 \
+    --atlas CC200 --atlas TianS3+Schaefer400x17
 code=$?
 echo "== Running bidsfm (group level)"
 .venv/bin/bidsfm "$DEMO/fmriprep" "$DEMO/bidsfm" group -w "$DEMO/work" \
@@ -30,6 +32,12 @@ echo "Each run has: *_stat-mean_timeseries.tsv(.json), *_stat-coverage_bold.tsv,
 echo "  *_stat-pearsoncorrelation_relmat.tsv (+ desc-fisherz), *_qc.tsv(.json),"
 echo "  and from the bundled model: *_desc-bidsfmfc_{embedding,predictions,attention}.tsv,"
 echo "  *_stat-attention_desc-bidsfmfc_statmap.nii.gz. See docs/outputs.md and docs/models.md."
+echo "How each atlas was placed on the runs (QC column atlas_transform; also Atlas.Transform in"
+echo "  the sidecars; the atlas files are in $DEMO/bidsfm/sourcedata/atlases):"
+find "$DEMO/bidsfm" -path '*/func/*' -name '*_qc.tsv' | sort | while read -r qc; do
+  awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i }
+               NR == 2 { print "  " $col["atlas"] ": " $col["atlas_transform"] }' "$qc"
+done | sort -u
 pred=$(find "$DEMO/bidsfm" -path '*/func/*' -name '*_predictions.tsv' | sort | head -1)
 if [ -n "$pred" ]; then echo "Example predictions ($(basename "$pred")):"; sed 's/^/  /' "$pred"; fi
 echo "Reports (open in a browser, work offline):"

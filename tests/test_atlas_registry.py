@@ -338,6 +338,16 @@ def test_schaefer_plus_tian_from_the_package_alone(tmp_path):
         "AtlasRelease"]
 
 
+def test_combined_file_already_in_the_cache_is_used(tmp_path, monkeypatch):
+    """A joined atlas baked into a (read-only) cache, e.g. a container image, is read there."""
+    from bidsfm.atlases import combine
+
+    first = resolve_atlas("TianS1+Schaefer400x17", space=TPL_A)
+    assert first.image.parent == tmp_path / "home" / "atlases" / "combined"
+    monkeypatch.setattr(combine, "_folder", lambda: pytest.fail("no new file is needed"))
+    assert resolve_atlas("TianS1+Schaefer400x17", space=TPL_A).image == first.image
+
+
 def test_combined_parts_must_share_a_template():
     with pytest.raises(AtlasNotFoundError) as err:
         resolve_atlas("Gordon333+Schaefer400x17", space=TPL_B)

@@ -18,16 +18,17 @@ import pytest
 from click.testing import CliRunner
 
 from bidsfm import atlases
-from bidsfm.atlases import base, store
 from bidsfm.atlases import (
     CC200_SHA256,
     CC200_URL,
     Atlas,
     atlas_cli,
     available_atlases,
+    base,
     resample_labels,
     resolve_atlas,
     seed_cache,
+    store,
 )
 from bidsfm.errors import AtlasNotFoundError
 
@@ -274,7 +275,8 @@ def test_bundled_cc200_without_shared_data_or_network(tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("BIDSFM_SHARED_DATA", str(empty))
     atlas = resolve_atlas("CC200", space=TPL_A)
-    assert atlas.image == CC200_FILE and CC200_FILE.is_relative_to(Path(atlases.__file__).parents[1])
+    package = Path(atlases.__file__).parents[1]  # bidsfm/
+    assert atlas.image == CC200_FILE and CC200_FILE.is_relative_to(package)
     assert atlas.sha256 == CC200_SHA256 == store.sha256_file(atlas.image)
     assert atlas.template == "MNI152NLin6Asym" and atlas.source == CC200_URL
     assert atlas.roi_names[0] == "CC200_001" and atlas.n_rois == 200

@@ -362,8 +362,11 @@ from bidsfm.atlases import resolve_atlas
 from bidsfm.demo import main
 atlas = resolve_atlas("CC200", space="MNI152NLin2009cAsym")
 main([sys.argv[1], "--size", "tiny", "--n-subjects", "1"])
+joined = resolve_atlas("TianS3+Schaefer400x17", space="MNI152NLin2009cAsym")
 print(json.dumps({"package": bidsfm.__file__, "atlas_image": str(atlas.image),
-                  "atlas_sha256": atlas.sha256, "attempts": attempts}))
+                  "atlas_sha256": atlas.sha256, "attempts": attempts,
+                  "joined": [str(p.image) for p in joined.parts] + [str(joined.image)],
+                  "joined_rois": joined.n_rois, "joined_template": joined.template}))
 """
 
 
@@ -393,7 +396,15 @@ def test_fresh_clone_without_shared_data_or_network(tmp_path):
     assert info["atlas_sha256"] == CC200_SHA256
     assert info["attempts"] == []  # nothing even tried the network
     assert "atlas CC200" in proc.stdout
-    assert not (tmp_path / "home").exists()  # no cache was needed
+    # the demo's second atlas: Tian S3 + Schaefer400x17 from the package, joined once in the cache
+    tian, schaefer, joined = (Path(p) for p in info["joined"])
+    assert tian.is_relative_to(clone / "bidsfm" / "data" / "atlases")
+    assert schaefer.is_relative_to(clone / "bidsfm" / "data" / "atlases")
+    assert info["joined_rois"] == 450 and info["joined_template"] == "MNI152NLin2009cAsym"
+    assert joined.parent == tmp_path / "home" / "atlases" / "combined"
+    written = {p.relative_to(tmp_path / "home").parts[:2] for p in (tmp_path / "home").rglob("*")
+               if p.is_file()}
+    assert written == {("atlases", "combined")}  # nothing else was needed in the cache
     man = json.loads((out / "sourcedata" / "bidsfm-demo" / "manifest.json").read_text())
     assert man["atlas"] == "CC200" and man["target_fc_source"] == "bundled"
     assert len(man["roi_names"]) == 200 and man["shared_data"] is None

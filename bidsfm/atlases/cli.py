@@ -64,8 +64,7 @@ def where_cmd(name: str, space: str | None) -> None:
         atlas = resolve_atlas(name, space=space)
     except AtlasNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    for part in atlas.parts or (atlas,):
-        click.echo(str(part.image))
+    click.echo(str(atlas.image))
 
 
 @atlas_cli.command(name="fetch")

@@ -114,7 +114,12 @@ def combine(parts: list[Atlas]) -> Atlas:
     template = parts[0].template
     key = hashlib.sha256("+".join(f"{p.name}:{p.sha256}" for p in parts).encode()).hexdigest()
     stem = f"tpl-{template}_atlas-{name}_desc-{key[:12]}_dseg"
-    path = _folder() / f"{stem}.nii.gz"
+    from .base import usable
+    from .store import cache_dir
+
+    path = cache_dir() / "combined" / f"{stem}.nii.gz"  # e.g. baked into a container image
+    if not usable(path):
+        path = _folder() / f"{stem}.nii.gz"
     labels = _labels(parts)
     if not path.is_file():
         joined, affine = _join_on_first_grid(parts)
