@@ -354,10 +354,12 @@ def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose >= 1 else logging.INFO
     handler: logging.Handler
     if sys.stderr.isatty():
-        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, markup=False, console=Console(stderr=True))
+        from .progress import console
+
+        # the progress bars share this console, so log lines print above them
+        handler = RichHandler(show_path=False, markup=False, console=console())
         fmt = "%(message)s"
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -566,10 +568,14 @@ def run_participant_level(bids_dir: Path, output_dir: Path, **opts: Any) -> int:
                 work_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise output_error(exc, work_dir, "work folder") from None
-            results = _run_workflow(runs_by_participant, options, output_dir, work_dir, opts,
-                                    model, heads)
-            _subject_reports(output_dir, [p for p, r in runs_by_participant.items() if r],
-                             figures=not opts.get("no_figures"))
+            from .progress import NipypeSteps
+
+            with NipypeSteps(_progress_labels(runs_by_participant, model, opts),
+                             LOGGER) as steps:
+                results = _run_workflow(runs_by_participant, options, output_dir, work_dir,
+                                        opts, model, heads, steps=steps)
+                _subject_reports(output_dir, [p for p, r in runs_by_participant.items() if r],
+                                 figures=not opts.get("no_figures"), steps=steps)
             _citation(output_dir, options, model)
     finally:
         for lock in locks:
@@ -812,16 +818,49 @@ def group_reports_only(output_dir: Path) -> int:
     return EXIT_PARTIAL if problems else EXIT_OK
 
 
-def _subject_reports(output_dir: Path, participants: list[str], figures: bool = True) -> None:
+def _progress_labels(runs_by_participant: dict[str, list], model: dict[str, str] | None,
+                     opts: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """What the progress lines say for each step: ``{key: (item, step)}``.
+
+    Keys are ``<participant workflow>.<node>`` for the Nipype nodes (see
+    :func:`bidsfm.workflow.init_participant_wf`) and ``report:<label>`` for the reports.
+    """
+    from .workflow import _node_name
+
+    figures = not opts.get("no_figures")
+    labels: dict[str, tuple[str, str]] = {}
+    for p, runs in runs_by_participant.items():
+        if not runs:
+            continue
+        for i, run in enumerate(runs):
+            labels[f"sub_{p}_wf.{_node_name(run, i)}"] = (
+                run.prefix, "extraction, denoising, connectivity")
+        if model is not None:
+            labels[f"sub_{p}_wf.encode_model"] = (
+                f"sub-{p}", f"model {model['name']} on {len(runs)} run(s): embeddings, "
+                "predictions, attention" + (", figures" if figures else ""))
+        labels[f"report:{p}"] = (f"sub-{p}", "HTML report" + ("" if figures else
+                                                               " (no figures)"))
+    return labels
+
+
+def _subject_reports(output_dir: Path, participants: list[str], figures: bool = True,
+                     steps: Any = None) -> None:
     """``sub-X.html`` for each participant; a report failure never fails the participant."""
     try:
         from .reports import write_subject_report
     except ImportError:
         return
     for p in participants:
+        if steps is not None:
+            steps.start(*steps.labels.get(f"report:{p}", (f"sub-{p}", "HTML report")))
         try:
-            write_subject_report(output_dir, p, figures=figures)
+            page = write_subject_report(output_dir, p, figures=figures)
+            if steps is not None:
+                steps.end(f"sub-{p}", f"{page.name} written")
         except Exception as exc:
+            if steps is not None:
+                steps.end(f"sub-{p}", "report failed", logging.WARNING)
             LOGGER.warning("sub-%s: the HTML report could not be written (%s: %s)", p,
                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
@@ -842,7 +881,7 @@ def _citation(output_dir: Path, options, model: dict[str, str] | None) -> None:
 
 def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path,
                   opts: dict[str, Any], model: dict[str, str] | None,
-                  heads: list[str] | None = None) -> list[dict]:
+                  heads: list[str] | None = None, steps: Any = None) -> list[dict]:
     from .confounds import get_strategy
     from .workflow import init_bidsfm_wf, plugin_settings
 
@@ -857,6 +896,10 @@ def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path
                         heads=heads or [], figures=not opts.get("no_figures"),
                         precision=opts.get("precision") or "float32")
     plugin = plugin_settings(opts["nprocs"], opts["mem_mb"], opts["use_plugin"])
+    if steps is not None and not str(plugin["plugin"]).endswith("Graph"):
+        # Nipype calls it from the scheduling process (Linear, MultiProc, SLURM, SGE, ...);
+        # graph plugins submit everything at once and do not support it
+        plugin["plugin_args"] = {**plugin["plugin_args"], "status_callback": steps.callback}
     try:
         graph = wf.run(**plugin)
     except RuntimeError as exc:  # some node crashed; the others ran

@@ -56,6 +56,7 @@ class Steps:
         self.what, self.total, self.logger = what, max(int(total), 0), logger
         self.bar = on_terminal() if bar is None else bar
         self.done_count = 0
+        self.started_count = 0
         self._started: dict[str, float] = {}
         self._progress: Any = None
         self._task: Any = None
@@ -86,9 +87,13 @@ class Steps:
         return f"[{number}/{self.total}]"
 
     def start(self, item: str, step: str) -> None:
-        """A step begins: a line off a terminal, the bar's description on it."""
+        """A step begins: a line off a terminal, the bar's description on it.
+
+        Steps are numbered in the order they start (several run at once with MultiProc).
+        """
         self._started[item] = time.perf_counter()
-        number = min(self.done_count + 1, self.total)
+        self.started_count += 1
+        number = min(self.started_count, self.total)
         if self._progress is not None:
             self._progress.update(self._task, description=f"{self.what}: {item} ({step})")
         else:

@@ -106,3 +106,20 @@ def test_demo_command_line_prints_progress(tmp_path, argv):
     assert "[1/2] sub-01: simulating" in res.stderr
     assert "[2/2] sub-02:" in res.stderr and "run(s) written" in res.stderr
 
+
+
+def test_participant_level_reports_each_run(tiny_ds, tmp_path, capsys):
+    """One line when each run, the model stage and the report start and end (off a terminal)."""
+    from conftest import run_cli
+
+    code, log = run_cli([tiny_ds["root"], tmp_path / "out", "participant",
+                         "--participant-label", "02", "-w", tmp_path / "work", "--model",
+                         "none", "--min-time", "0"], capsys)
+    assert code == 0, log[-2000:]
+    lines = [line.split(" INFO ", 1)[1] for line in log.splitlines() if " INFO [" in line]
+    assert lines[0] == "[1/3] sub-02_task-nback: extraction, denoising, connectivity"
+    assert lines[1].startswith("[1/3] sub-02_task-nback: 1 ok (")
+    assert lines[2] == "[2/3] sub-02_task-rest_run-1: extraction, denoising, connectivity"
+    assert lines[3].startswith("[2/3] sub-02_task-rest_run-1: 1 ok (")
+    assert lines[4] == "[3/3] sub-02: HTML report"
+    assert lines[5].startswith("[3/3] sub-02: sub-02.html written (")
