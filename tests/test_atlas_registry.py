@@ -402,3 +402,19 @@ def test_atlas_label_and_absolute_spec_for_combined_names(tmp_path):
     assert atlases.absolute_atlas_spec("TianS3+Schaefer400x17", tmp_path) == (
         "TianS3+Schaefer400x17")
     assert registry.get_record("TianS3").n_rois == 50
+
+
+def test_methods_text_describes_and_cites_each_atlas(tmp_path):
+    """CITATION.md named TianS3+Schaefer400x17 'a subcortical atlas' citing Tian only."""
+    from bidsfm.reports.citation import write_citation
+
+    text = write_citation(tmp_path, {"atlases": ["CC200", "tian_s3+schaefer400", "Gordon",
+                                                 "HarvardOxfordSub", "Power264"],
+                                     "strategy": "simple"}).read_text(encoding="utf-8")
+    assert ("the TianS3+Schaefer400x17 atlas, joining the Tian subcortex atlas (scale 3; Tian "
+            "et al. 2020), then the Schaefer 2018 atlas (400 parcels, 17 networks; Schaefer et "
+            "al. 2018)") in text
+    for reference in ("Tian Y., Margulies D.S.", "Schaefer A. et al. (2018)", "Gordon E.M.",
+                      "Desikan R.S.", "Makris N.", "Power J.D. et al. (2011)", "Craddock R.C."):
+        assert reference in text
+    assert "user-provided" not in text and "Ciric R. et al. (2022)" not in text

@@ -404,7 +404,7 @@ _OTHERS = (
 def _difumo(dim: int) -> AtlasRecord:
     return AtlasRecord(
         f"DiFuMo{dim}", dim, f"DiFuMo {dim} probabilistic functional modes",
-        "Dadi K et al. (2020) NeuroImage 220:117126", "non-commercial research use",
+        "Dadi K et al. (2020) NeuroImage 221:117126", "non-commercial research use",
         (), templateflow=("DiFuMo", f"{dim}dimensions"), kind="probseg")
 
 

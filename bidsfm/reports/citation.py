@@ -101,13 +101,59 @@ def _model_card(model: Any) -> dict[str, Any] | None:
         return {"name": str(model)}
 
 
+#: registry atlas (name pattern) -> (how to describe it, references to cite)
+_ATLAS_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (r"CC200", "the CC200 atlas (200 regions", ("cc200",)),
+    (r"Schaefer(\d+)x(\d+)", "the Schaefer 2018 atlas ({0} parcels, {1} networks", ("schaefer",)),
+    (r"TianS(\d)", "the Tian subcortex atlas (scale {0}", ("tian",)),
+    (r"Gordon333", "the Gordon atlas (333 regions", ("gordon",)),
+    (r"Glasser360", "the Glasser HCP-MMP1.0 atlas (360 regions, volumetric", ("glasser",)),
+    (r"HarvardOxford(Cort|Sub)", "the Harvard-Oxford {0} atlas (max-probability, 25 %",
+     ("desikan2006", "frazier2005", "makris2006", "goldstein2007")),
+    (r"AAL116", "the AAL atlas (116 regions", ("aal",)),
+    (r"AAL3v1", "the AAL3 atlas (166 regions", ("aal3",)),
+    (r"Power264", "the Power atlas (264 spheres", ("power2011",)),
+    (r"DiFuMo(\d+)", "the DiFuMo probabilistic atlas ({0} modes, weighted extraction",
+     ("difumo",)),
+)
+
+
+def _registry_atlas(name: str, cite: _Cites) -> str | None:
+    """Words and citations for a registry atlas name, None for anything else."""
+    import re
+
+    from ..atlases import REGISTRY
+
+    for pattern, words, keys in _ATLAS_WORDS:
+        m = re.fullmatch(pattern, name)
+        if m:
+            groups = [{"Cort": "cortical", "Sub": "subcortical"}.get(g, g) for g in m.groups()]
+            record = REGISTRY.get(name)
+            if record is not None and not record.releases:  # read from a TemplateFlow tree
+                keys = (*keys, "templateflow")
+            return f"{words.format(*groups)}; {cite(*keys)[1:-1]})"
+    return None
+
+
 def _atlas_sentence(atlases: list[str], cite: _Cites) -> str:
+    from ..atlases import canonical_atlas_name
+
     parts = []
     for spec in atlases:
         name = str(spec).split("=")[0]
+        try:
+            canonical = canonical_atlas_name(name) if "=" not in str(spec) else None
+        except Exception:  # a name the registry refuses: described as given
+            canonical = None
+        if canonical and "+" in canonical:
+            pieces = [_registry_atlas(p, cite) for p in canonical.split("+")]
+            parts.append(f"the {canonical} atlas, joining " + ", then ".join(pieces)
+                         + " in one parcellation")
+            continue
+        described = _registry_atlas(canonical, cite) if canonical else None
         low = name.lower()
-        if low == "cc200":
-            parts.append(f"the CC200 atlas (200 regions; {cite('cc200')[1:-1]})")
+        if described is not None:
+            parts.append(described)
         elif low.startswith("schaefer"):
             parts.append(f"the {name} atlas ({cite('schaefer', 'templateflow')[1:-1]})")
         elif low.startswith("tian"):

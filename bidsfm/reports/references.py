@@ -59,6 +59,40 @@ REFERENCES: dict[str, tuple[str, str]] = {
                      "Ciric R. et al. (2022) TemplateFlow: FAIR-sharing of multi-scale, "
                      "multi-species brain models. Nat Methods 19:1568-1571. "
                      "doi:10.1038/s41592-022-01681-2"),
+    "gordon": ("Gordon et al. 2016",
+               "Gordon E.M., Laumann T.O., Adeyemo B., Huckins J.F., Kelley W.M., Petersen S.E. "
+               "(2016) Generation and evaluation of a cortical area parcellation from "
+               "resting-state correlations. Cereb Cortex 26(1):288-303. doi:10.1093/cercor/bhu239"),
+    "glasser": ("Glasser et al. 2016",
+                "Glasser M.F. et al. (2016) A multi-modal parcellation of human cerebral cortex. "
+                "Nature 536:171-178. doi:10.1038/nature18933"),
+    "desikan2006": ("Desikan et al. 2006",
+                    "Desikan R.S. et al. (2006) An automated labeling system for subdividing the "
+                    "human cerebral cortex on MRI scans into gyral based regions of interest. "
+                    "NeuroImage 31(3):968-980. doi:10.1016/j.neuroimage.2006.01.021"),
+    "frazier2005": ("Frazier et al. 2005",
+                    "Frazier J.A. et al. (2005) Structural brain magnetic resonance imaging of "
+                    "limbic and thalamic volumes in pediatric bipolar disorder. Am J Psychiatry "
+                    "162(7):1256-1265."),
+    "makris2006": ("Makris et al. 2006",
+                   "Makris N. et al. (2006) Decreased volume of left and total anterior insular "
+                   "lobule in schizophrenia. Schizophr Res 83(2-3):155-171."),
+    "goldstein2007": ("Goldstein et al. 2007",
+                      "Goldstein J.M. et al. (2007) Hypothalamic abnormalities in schizophrenia: "
+                      "sex effects and genetic vulnerability. Biol Psychiatry 61(8):935-945."),
+    "aal": ("Tzourio-Mazoyer et al. 2002",
+            "Tzourio-Mazoyer N. et al. (2002) Automated anatomical labeling of activations in SPM "
+            "using a macroscopic anatomical parcellation of the MNI MRI single-subject brain. "
+            "NeuroImage 15(1):273-289. doi:10.1006/nimg.2001.0978"),
+    "aal3": ("Rolls et al. 2020",
+             "Rolls E.T., Huang C.C., Lin C.P., Feng J., Joliot M. (2020) Automated anatomical "
+             "labelling atlas 3. NeuroImage 206:116189. doi:10.1016/j.neuroimage.2019.116189"),
+    "power2011": ("Power et al. 2011",
+                  "Power J.D. et al. (2011) Functional network organization of the human brain. "
+                  "Neuron 72(4):665-678. doi:10.1016/j.neuron.2011.09.006"),
+    "difumo": ("Dadi et al. 2020",
+               "Dadi K. et al. (2020) Fine-grain atlases of functional modes for fMRI analysis. "
+               "NeuroImage 221:117126. doi:10.1016/j.neuroimage.2020.117126"),
     "friston24": ("Friston et al. 1996",
                   "Friston K.J., Williams S., Howard R., Frackowiak R.S., Turner R. (1996) "
                   "Movement-related effects in fMRI time-series. Magn Reson Med 35(3):346-355."),
