@@ -2,7 +2,7 @@
 """Time the group level's collection of participant outputs for growing cohorts.
 
     nice -n 10 .venv/bin/python benchmarks/group_scale.py [--sizes 100 1000 10000]
-        [--runs-per-participant 2] [--embedding-size 1600] [--keep DIR]
+        [--runs-per-participant 2] [--embedding-size 20100] [--keep DIR]
 
 For each N, fabricates N participants' output TSVs in a temporary folder exactly as the
 participant level names and writes them (per run: the one-row QC table, a one-row embedding
@@ -36,14 +36,17 @@ def fabricate(root: Path, n_participants: int, runs: int, emb_size: int, seed: i
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n_rois = max(1, emb_size // 8)
-    header = "\t".join(f"CC200_{r + 1:03d}_{k}" for r in range(n_rois) for k in range(8))
+    # column names as the bundled bidsfmfc 2.x writes them (ROI pairs), as many as asked for
+    pairs = [(a, b) for a in range(1, 201) for b in range(a, 201)]
+    names = [f"CC200_{a:03d}--CC200_{b:03d}" for a, b in pairs]
+    names += [f"emb_{k}" for k in range(len(names), emb_size)]
+    header = "\t".join(names[:emb_size])
     for i in range(n_participants):
         sub = f"sub-{i + 1:05d}"
         func = root / sub / "func"
         func.mkdir(parents=True)
         for r in range(1, runs + 1):
-            stem = f"{sub}_task-rest_run-{r}_space-MNI152NLin2009cAsym_seg-CC200"
+            stem = f"{sub}_task-rest_run-{r}_space-MNI152NLin2009cAsym_atlas-CC200"
             status = "skipped" if rng.random() < 0.03 else "ok"
             reason = "retained 40 s < --min-time 60 s" if status == "skipped" else ""
             fd = rng.gamma(2.0, 0.08)
@@ -68,22 +71,23 @@ def time_collection(root: Path) -> tuple[float, float, int]:
     """Seconds and peak MB to collect and write the group tables; rows collected."""
     import pandas as pd
 
+    from bidsfm.derivatives import group_table_name
     from bidsfm.group.collect import collect_outputs, subject_embeddings, write_table
 
     t0 = time.perf_counter()
     coll = collect_outputs(root)
     gdir = root / "group"
-    write_table(coll.qc, gdir / "group_runs_qc.tsv")
+    write_table(coll.qc, gdir / group_table_name("runs_qc"))
     for name, (ents, values, cols) in coll.embeddings.items():
         write_table(pd.concat([ents.reset_index(drop=True), pd.DataFrame(values, columns=cols)],
-                              axis=1), gdir / f"group_desc-{name}_runs_embedding.tsv")
+                              axis=1), gdir / group_table_name("runs_embedding", model=name))
         ids, mean, n_runs = subject_embeddings(ents, values)
         write_table(pd.concat([pd.DataFrame({"participant_id": ids, "n_runs": n_runs}),
                                pd.DataFrame(mean, columns=cols)], axis=1),
-                    gdir / f"group_desc-{name}_subjects_embedding.tsv")
+                    gdir / group_table_name("subjects_embedding", model=name))
     for name, frame in coll.predictions.items():
-        write_table(frame, gdir / f"group_desc-{name}_runs_predictions.tsv")
-    write_table(pd.DataFrame(coll.exclusions), gdir / "group_exclusions.tsv")
+        write_table(frame, gdir / group_table_name("runs_predictions", model=name))
+    write_table(pd.DataFrame(coll.exclusions), gdir / group_table_name("exclusions"))
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     return seconds, peak, len(coll.qc)
@@ -94,7 +98,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--runs-per-participant", type=int, default=2)
-    parser.add_argument("--embedding-size", type=int, default=1600)
+    parser.add_argument("--embedding-size", type=int, default=20100,
+                        help="embedding columns per run (bundled bidsfmfc 2.x: 20100)")
     parser.add_argument("--keep", default=None, help="fabricate under this folder and keep it")
     args = parser.parse_args()
     print("| participants | runs | collect + write group tables (s) | runs / s | "
