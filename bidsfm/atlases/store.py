@@ -334,5 +334,11 @@ def fetch_atlas(name: str, space: str | None = None) -> list[Path]:
                            tpl, ", ".join(sorted({r.template for r in releases})))
         for remote in {f.relpath: f for r in releases for f in r.files}.values():
             found = local_path(remote, record.name)
+            if found is None and offline():
+                raise AtlasNotFoundError(
+                    f"cannot fetch {record.name}: BIDSFM_OFFLINE is set",
+                    remedy=f"On a machine with internet access run `BIDSFM_OFFLINE=0 "
+                    f"bidsfm-atlas fetch {record.name}`, or download {remote.url} (sha256 "
+                    f"{remote.sha256}) and run `bidsfm-atlas seed {record.name} FILE`")
             out.append(found[0] if found is not None else download(remote, record.name))
     return out
