@@ -35,8 +35,10 @@ def main() -> None:
     import torch
 
     from bidsfm.models.brainmass import BrainMassConfig, embed_fc
-    from bidsfm.models.build import evaluate, full_fc, load_abide
-    from bidsfm.models.pretrain import PretrainConfig, pretrain
+    from bidsfm.models.training.abide import evaluate
+    from bidsfm.models.training.configs import PretrainConfig
+    from bidsfm.models.training.data import full_fc, load_abide
+    from bidsfm.models.training.objective_brainmass import pretrain
 
     torch.set_num_threads(args.threads)
     pheno, series = load_abide(args.shared_data)

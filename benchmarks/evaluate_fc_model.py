@@ -40,17 +40,16 @@ def main() -> None:
 
     import numpy as np
 
-    from bidsfm.models.build import (
+    from bidsfm.models.registry import load_model
+    from bidsfm.models.training.abide import (
         evaluate,
         fc_baseline,
         few_shot,
         format_few_shot_table,
         format_table,
-        full_fc,
         in_sample,
-        load_abide,
     )
-    from bidsfm.models.registry import load_model
+    from bidsfm.models.training.data import full_fc, load_abide
 
     t0 = time.time()
     model = load_model(args.model)

@@ -81,7 +81,8 @@ def loso(row: Row, y: np.ndarray, sites: np.ndarray) -> dict:
     """Leave-one-site-out out-of-fold P(ASD), chosen C per fold, AUC with bootstrap CI."""
     from sklearn.metrics import roc_auc_score
 
-    from bidsfm.models.heads import C_GRID, bootstrap_ci, fit_binary_head
+    from bidsfm.evaluation import bootstrap_ci
+    from bidsfm.models.heads import C_GRID, fit_binary_head
 
     oof = np.full(len(y), np.nan)
     chosen = {}
@@ -99,8 +100,8 @@ def loso(row: Row, y: np.ndarray, sites: np.ndarray) -> dict:
 def tangent_per_fold(fc: np.ndarray, sites: np.ndarray, shrinkage: float
                      ) -> dict[str, np.ndarray]:
     """Tangent FC (upper triangle with diagonal) with a reference fitted per training fold."""
-    from bidsfm.models.pretrain_tangent import fit_reference
     from bidsfm.models.tangent import tangent_space
+    from bidsfm.models.training.objective_tangent import fit_reference
 
     iu = np.triu_indices(fc.shape[1])
     out = {}
@@ -150,11 +151,12 @@ def main() -> None:
 
     import torch
 
-    from bidsfm.models.build import few_shot_curve, full_fc
-    from bidsfm.models.build_tangent import fit_readout, load_abide_views, tangent_embeddings
-    from bidsfm.models.heads import C_GRID, paired_bootstrap_auc_difference
+    from bidsfm.evaluation import few_shot_curve, paired_bootstrap_auc_difference
+    from bidsfm.models.heads import C_GRID
     from bidsfm.models.registry import load_model, model_dir
     from bidsfm.models.tangent import DEFAULT_SHRINKAGE, tangent_space
+    from bidsfm.models.training.build_tangent import fit_readout, tangent_embeddings
+    from bidsfm.models.training.data import full_fc, load_abide_views
 
     torch.set_num_threads(2)
     t0 = time.time()

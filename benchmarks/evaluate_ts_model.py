@@ -9,7 +9,7 @@ random-weight control and the TR-robustness check, and accepts FC models too.)
         [--shared-data PATH] [--skip-baseline] [--repeats 5] [--tr-check 60] [--json out.json]
 
 Prints, over the 16 ABIDE sites and with the same heads, folds and bootstrap for every row
-(:func:`bidsfm.models.build.evaluate`):
+(:func:`bidsfm.models.training.abide.evaluate`):
   (a) raw Pearson FC (upper triangle) + linear heads (the literature's baseline);
   (b) each model's frozen embedding + linear probe, leave-one-site-out (heads refitted without
       each site, inner site-grouped search of the regularisation);
@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def model_embeddings(model, series, trs):
     """Embeddings of the ABIDE runs with a model of either family."""
-    from bidsfm.models.build import abide_ts_embeddings, full_fc
+    from bidsfm.models.training.build_ts import abide_ts_embeddings
+    from bidsfm.models.training.data import full_fc
 
     if getattr(model, "input_kind", "fc") == "timeseries":
         return abide_ts_embeddings(model.encoder, series, trs, model.spec)
@@ -88,16 +89,15 @@ def main() -> None:
 
     import numpy as np
 
-    from bidsfm.models.build import (
+    from bidsfm.models.registry import load_model
+    from bidsfm.models.training.abide import (
         evaluate,
         fc_baseline,
         few_shot,
         format_few_shot_table,
         format_table,
-        full_fc,
-        load_abide,
     )
-    from bidsfm.models.registry import load_model
+    from bidsfm.models.training.data import full_fc, load_abide
 
     t0 = time.time()
     pheno, series = load_abide(args.shared_data)
@@ -137,7 +137,10 @@ def main() -> None:
             rnd = BrainJEPAEncoder(model.encoder.config, model.encoder.gradients.cpu().numpy())
             if rnd.config.readout == "connectivity" and rnd.config.readout_dim:
                 # the control gets its own readout axes, fitted the same way (no labels)
-                from bidsfm.models.build import fit_abide_readout, prepare_abide_windows
+                from bidsfm.models.training.build_ts import (
+                    fit_abide_readout,
+                    prepare_abide_windows,
+                )
 
                 fit_abide_readout(rnd.eval(), prepare_abide_windows(series, trs, model.spec))
             control = dataclasses.replace(model, encoder=rnd.eval())

@@ -39,7 +39,7 @@ def build_outputs(root: Path, shared_data: str | None, device: str,
 
     import bidsfm.models
     from bidsfm.derivatives import write_tsv_atomic
-    from bidsfm.models.build import full_fc, load_abide
+    from bidsfm.models.training.data import full_fc, load_abide
 
     pheno, series = load_abide(shared_data, max_subjects)
     model = bidsfm.models.load("bidsfmfc", device=device)
@@ -137,14 +137,14 @@ def main() -> None:
     print(f"\ndifference in AUC: {auc['value'] - card['auc']:+.4f}")
     print(f"\nQC-FC (CC200, {qcfc['n_participants']} participants): median |r| "
           f"{qcfc['median_abs_r']:.3f}, edges with p < 0.05: {100 * qcfc['fraction_p05']:.1f}%")
-    from bidsfm.group.metrics import _auc
+    from bidsfm.evaluation import roc_auc
 
     dx = pheno.loc[dev["participant_id"], "diagnosis"].to_numpy()
     asd = dx == "ASD"
     print(f"normative (reference diagnosis=TC, TC scored out of sample): {len(dev)} "
           f"participants; median percentile ASD {dev['percentile'][asd].median():.1f}, TC "
           f"{dev['percentile'][~asd].median():.1f}; AUC of the score for ASD vs TC "
-          f"{_auc(asd.astype(int), dev['score'].to_numpy()):.3f}; p < 0.05: ASD "
+          f"{roc_auc(asd.astype(int), dev['score'].to_numpy()):.3f}; p < 0.05: ASD "
           f"{100 * (dev['p'][asd] < 0.05).mean():.1f}%, "
           f"TC {100 * (dev['p'][~asd] < 0.05).mean():.1f}%")
     print(f"\nuncertainty statement: {m['uncertainty']}")

@@ -5,10 +5,10 @@
         [--methods none centre combat] [--json out.json]
 
 Features: the Pearson FC upper triangle (19,900 edges, all time points; ROIs outside a
-participant's field of view set to 0, as in ``bidsfm.models.build.fc_baseline``) of the 833
+participant's field of view set to 0, as in ``bidsfm.models.training.abide.fc_baseline``) of the 833
 participants in ``../shared/data/abide``. Harmonisation (``bidsfm.group.harmonize``) is fitted
 once on all 833 participants and the site column, without labels. The head is the group
-level's L2 logistic regression, scored by ``bidsfm.models.heads.leave_site_out`` (a head refitted
+level's L2 logistic regression, scored by ``bidsfm.evaluation.leave_site_out`` (a head refitted
 without each site, its regularisation chosen by an inner site-grouped cross-validation).
 
 Also printed: how well the site can be predicted from the features (5-fold stratified
@@ -54,9 +54,9 @@ def main() -> None:
 
     import numpy as np
 
+    from bidsfm.evaluation import leave_site_out
     from bidsfm.group.harmonize import harmonize_with_info
-    from bidsfm.models.build import full_fc, load_abide
-    from bidsfm.models.heads import leave_site_out
+    from bidsfm.models.training.data import full_fc, load_abide
 
     t0 = time.time()
     pheno, series = load_abide(args.shared_data)

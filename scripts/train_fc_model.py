@@ -6,14 +6,14 @@
 
 Fits the tangent reference of the 833 ABIDE participants, pretrains the encoder to map one real
 preprocessing view of a participant (PCP nofilt_noglobal or filt_global, 20 % of time points
-dropped, 25 % of ROIs masked) to the other (:mod:`bidsfm.models.pretrain_tangent`), fits the
-readout axes (no labels), evaluates the diagnosis/sex/age heads leave-one-site-out, fits them on
-all participants and writes weights.safetensors, card.json and pretrain_log.tsv. Prints the
+dropped, 25 % of ROIs masked) to the other (:mod:`bidsfm.models.training.objective_tangent`),
+fits the readout axes (no labels), evaluates the diagnosis/sex/age heads leave-one-site-out, fits
+them on all participants and writes weights.safetensors, card.json and pretrain_log.tsv. Prints the
 heads' table and the training time. The full comparison with the classical baselines and the
 controls is ``benchmarks/evaluate_models.py --write-card``.
 
 The recipe of bidsfmfc 1.0 (BrainMass encoder on Pearson FC, BYOL + MRM) is
-``bidsfm.models.build.build_fc_model``; its weights are kept in
+``bidsfm.models.training.build_fc.build_fc_model``; its weights are kept in
 bidsfm/data/archive/bidsfmfc-1.0.0 (``--model bidsfm/data/archive/bidsfmfc-1.0.0``).
 """
 
@@ -58,10 +58,10 @@ def main() -> None:
 
     import torch
 
-    from bidsfm.models.build import format_table
-    from bidsfm.models.build_tangent import build_tangent_fc_model
-    from bidsfm.models.pretrain_tangent import TangentPretrainConfig
     from bidsfm.models.tangentmass import TangentMassConfig
+    from bidsfm.models.training.abide import format_table
+    from bidsfm.models.training.build_tangent import build_tangent_fc_model
+    from bidsfm.models.training.configs import TangentPretrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)

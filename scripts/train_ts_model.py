@@ -63,9 +63,10 @@ def main() -> None:
     import torch
 
     from bidsfm.models.brainjepa import BrainJEPAConfig
-    from bidsfm.models.build import build_ts_model, format_table
-    from bidsfm.models.jepa import JEPAConfig
     from bidsfm.models.resample import InputSpec
+    from bidsfm.models.training.abide import format_table
+    from bidsfm.models.training.build_ts import build_ts_model
+    from bidsfm.models.training.configs import JEPAConfig
 
     torch.set_num_threads(args.threads)
     t_start = time.time()

@@ -194,9 +194,9 @@ def test_normalise_and_windows():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny time-series model saved and reloaded through the registry, with two heads."""
-    from bidsfm.models.build import ts_input_card
     from bidsfm.models.heads import fit_binary_head, fit_regression_head
     from bidsfm.models.registry import load_model, save_model
+    from bidsfm.models.training.cards import ts_input_card
 
     torch.manual_seed(0)
     enc = _encoder(1)
@@ -280,9 +280,9 @@ def cc200_ts_model(request, tmp_path_factory):
     """A tiny random-weight CC200 time-series model folder (fast participant-level tests), with
     the official mean pool or the connectivity readout (2 axes per ROI, fitted on noise)."""
     from bidsfm.models.brainjepa import fit_connectivity_readout
-    from bidsfm.models.build import ts_input_card
     from bidsfm.models.heads import fit_binary_head, fit_regression_head
     from bidsfm.models.registry import save_model
+    from bidsfm.models.training.cards import ts_input_card
 
     conn = request.param == "connectivity"
     cfg = BrainJEPAConfig(n_rois=200, n_frames=32, patch_size=16, embed_dim=16, depth=1,
@@ -436,8 +436,8 @@ def test_tr_roundtrip_changes_the_embedding_little(tiny_model):
 def test_bundled_ts_model_on_real_runs_other_tr():
     """The bundled bidsfmts on real ABIDE runs: TR 3 s runs of 348 s (the model's target is
     2 s and 128 s windows) embed without error, and a TR round trip keeps the embedding."""
-    from bidsfm.models.build import load_abide
     from bidsfm.models.registry import list_models, load_model
+    from bidsfm.models.training.data import load_abide
 
     if "bidsfmts" not in list_models():
         pytest.skip("bundled bidsfmts not present")

@@ -88,9 +88,15 @@ def _target(y, labels, groups=None, task=BINARY):
                   None if groups is None else np.asarray(groups), 0)
 
 
+def cross_validate(t, x, **kw):
+    """The group level's call of the evaluation module for one target."""
+    from bidsfm.evaluation import cross_validate as cv
+
+    return cv(t.task_type, np.asarray(x)[t.rows], t.y, t.labels, t.groups, **kw)
+
+
 def test_few_shot_five_per_class():
-    from bidsfm.group.cv import cross_validate
-    from bidsfm.group.metrics import compute_metrics, uncertainty_statement
+    from bidsfm.evaluation import compute_metrics, uncertainty_statement
 
     x, y = _synthetic(5, dim=20, shift=2.5, seed=1)
     t = _target(y, ["TC", "ASD"])
@@ -114,13 +120,12 @@ def test_few_shot_five_per_class():
 
 
 def test_grouped_cv_matches_leave_site_out_reference():
-    from bidsfm.group.cv import cross_validate, make_folds
-    from bidsfm.models.heads import leave_site_out
+    from bidsfm.evaluation import leave_site_out, make_folds
 
     x, y = _synthetic(12, seed=2, shift=0.6)
     sites = np.array(["a", "b", "c", "d"] * 6)
     t = _target(y, ["TC", "ASD"], groups=sites)
-    folds, scheme = make_folds(t)
+    folds, scheme = make_folds(t.task_type, t.y, t.groups)
     assert scheme.startswith("leave-one-group-out (4 groups)")
     for tr, te in folds:
         assert not set(sites[tr]) & set(sites[te])
@@ -130,8 +135,7 @@ def test_grouped_cv_matches_leave_site_out_reference():
 
 
 def test_stratified_kfold_for_larger_cohorts_and_continuous():
-    from bidsfm.group.cv import cross_validate
-    from bidsfm.group.metrics import compute_metrics
+    from bidsfm.evaluation import compute_metrics
 
     x, y = _synthetic(15, seed=4)
     cv = cross_validate(_target(y, ["TC", "ASD"]), x)
@@ -152,7 +156,7 @@ def test_stratified_kfold_for_larger_cohorts_and_continuous():
 def test_metrics_match_sklearn(task):
     from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-    from bidsfm.group.metrics import compute_metrics
+    from bidsfm.evaluation import compute_metrics
 
     rng = np.random.default_rng(11)
     k = 2 if task == BINARY else 3
@@ -175,8 +179,7 @@ def test_metrics_match_sklearn(task):
 def test_multiclass_head_and_metrics():
     from sklearn.metrics import roc_auc_score
 
-    from bidsfm.group.cv import cross_validate
-    from bidsfm.group.metrics import compute_metrics
+    from bidsfm.evaluation import compute_metrics
 
     x, y = _synthetic(8, n_classes=3, seed=6)
     t = _target(y, ["a", "b", "c"], task=MULTICLASS)

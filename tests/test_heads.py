@@ -3,14 +3,16 @@
 import numpy as np
 import pytest
 
+from bidsfm.evaluation import leave_site_out
 from bidsfm.models.heads import (
     BINARY,
-    REGRESSION,
+    CONTINUOUS,
     LinearHead,
     _row_space,
+    card_kind,
     fit_binary_head,
     fit_regression_head,
-    leave_site_out,
+    task_type,
 )
 
 
@@ -63,9 +65,9 @@ def test_regression_head_and_loso():
     y = x[:, 0] * 3 + 20 + rng.normal(size=120) * 0.5
     sites = np.repeat(list("abcdef"), 20)
     head = fit_regression_head("age", x, y, sites)
-    assert head.kind == REGRESSION
+    assert head.kind == CONTINUOUS
     assert np.mean(np.abs(head.predict(x) - y)) < 1.0
-    res = leave_site_out(x, y, sites, REGRESSION)
+    res = leave_site_out(x, y, sites, CONTINUOUS)
     assert res["mae"] < res["mae_predict_mean"] / 2
     assert res["r"] > 0.9 and res["n_sites"] == 6
     assert res["mae_ci95"][0] <= res["mae"] <= res["mae_ci95"][1]
@@ -81,7 +83,7 @@ def test_loso_binary_is_not_optimistic_on_noise():
     assert set(res["auc_per_site"]) <= set("abcdef")
 
 
-@pytest.mark.parametrize("kind", [BINARY, REGRESSION])
+@pytest.mark.parametrize("kind", [BINARY, CONTINUOUS, "regression"])
 def test_loso_signal_detected(kind):
     x, y, sites = _data(n=120, p=50, seed=3)
     target = y if kind == BINARY else x[:, :5].sum(axis=1)
@@ -90,3 +92,20 @@ def test_loso_signal_detected(kind):
         assert res["auc"] > 0.75
     else:
         assert res["r"] > 0.8
+
+
+def test_continuous_head_is_written_regression_in_cards():
+    """One vocabulary in code (continuous); cards keep the word they always had (regression)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(30, 6))
+    head = fit_regression_head("age", x, x[:, 0] + 10.0)
+    assert head.kind == CONTINUOUS and head.meta()["kind"] == "regression"
+    again = LinearHead.from_tensors("age", head.to_tensors(), head.meta())
+    assert again.kind == CONTINUOUS
+    np.testing.assert_allclose(again.predict(x), head.predict(x), atol=1e-4)
+    assert task_type("regression") == CONTINUOUS and card_kind(CONTINUOUS) == "regression"
+    assert task_type(BINARY) == card_kind(BINARY) == BINARY
+    with pytest.raises(ValueError, match="unknown head kind"):
+        task_type("ordinal")
+    with pytest.raises(ValueError, match="multi-class"):
+        leave_site_out(x, np.arange(30) % 3, np.repeat(list("abc"), 10), "multiclass")

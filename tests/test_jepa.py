@@ -8,12 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bidsfm.models.brainjepa import BrainJEPAConfig  # noqa: E402
-from bidsfm.models.jepa import (  # noqa: E402
-    JEPAConfig,
+from bidsfm.models.training.configs import JEPAConfig  # noqa: E402
+from bidsfm.models.training.jepa_masks import sample_masks  # noqa: E402
+from bidsfm.models.training.objective_jepa import (  # noqa: E402
     JEPAPretrainer,
     fit_jepa,
     pretrain_jepa,
-    sample_masks,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -125,8 +125,8 @@ def test_cli_family_brainjepa(tmp_path):
     import pandas as pd
     from click.testing import CliRunner
 
-    from bidsfm.models.pretrain import pretrain_command
     from bidsfm.models.registry import TimeSeriesModel, load_model
+    from bidsfm.models.training.cli import pretrain_command
 
     rng = np.random.default_rng(0)
     ids = [f"sub-{i:02d}" for i in range(6)]

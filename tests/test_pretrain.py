@@ -11,19 +11,21 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bidsfm.errors import InputDataError  # noqa: E402
+from bidsfm.errors import ConfigError, InputDataError  # noqa: E402
 from bidsfm.models.brainmass import BrainMassConfig  # noqa: E402
-from bidsfm.models.pretrain import (  # noqa: E402
-    BrainMassPretrainer,
-    PretrainConfig,
-    fit_pretrainer,
+from bidsfm.models.training.checkpoint import (  # noqa: E402
     load_encoder,
-    load_timeseries_bidsfm,
-    load_timeseries_npz,
+    pretrained_card,
+    save_pretrained,
+)
+from bidsfm.models.training.cli import pretrain_command  # noqa: E402
+from bidsfm.models.training.configs import PretrainConfig  # noqa: E402
+from bidsfm.models.training.data import load_timeseries_bidsfm, load_timeseries_npz  # noqa: E402
+from bidsfm.models.training.objective_brainmass import (  # noqa: E402
+    BrainMassPretrainer,
+    fit_pretrainer,
+    make_views,
     pretrain,
-    pretrain_command,
-    read_encoder_config,
-    save_encoder,
 )
 
 R = 20
@@ -113,9 +115,7 @@ def test_every_trainable_part_learns(trained):
 def test_gradients_reach_mask_token_and_heads():
     cfg = small_cfg()
     model = build(cfg).train()
-    from bidsfm.models.pretrain import _make_views
-
-    views = _make_views(synthetic_series(4), np.arange(4), cfg, np.random.default_rng(0))
+    views = make_views(synthetic_series(4), np.arange(4), cfg, np.random.default_rng(0))
     assert views[4].any() and views[5].any()  # some ROIs masked
     out = model(*views)
     (out["lra"] + out["mrm"]).backward()
@@ -153,43 +153,68 @@ def test_same_seed_same_weights_and_rng_untouched():
     assert not enc1.training
 
 
+def _card(cfg: BrainMassConfig = MODEL, **pretraining) -> dict:
+    from bidsfm.models.training.cards import atlas_card, fc_input_card
+
+    return pretrained_card("m", "brainmass", "test encoder",
+                           atlas_card("Toy", [f"r{i}" for i in range(R)]), fc_input_card(),
+                           cfg.to_dict(), 8 * R, dict(pretraining))
+
+
 def test_save_load_roundtrip(tmp_path, trained):
+    """Checkpoints are model folders: card.json + weights.safetensors, loadable by name."""
+    import bidsfm.models
+
     model, _, _ = trained
     enc = model.online
-    path = save_encoder(enc, MODEL, tmp_path / "m", {"note": "test"})
-    assert path == tmp_path / "m" / "model.safetensors"
-    meta = read_encoder_config(tmp_path / "m")
-    assert meta["architecture"] == MODEL.to_dict() and meta["meta"] == {"note": "test"}
-    assert meta["embedding_dim"] == 8 * R
-    loaded = load_encoder(tmp_path / "m")
+    folder = save_pretrained(tmp_path / "m", _card(note="test"), enc)
+    assert folder == tmp_path / "m"
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "weights.safetensors"]
+    card = json.loads((folder / "card.json").read_text())
+    assert card["encoder_config"] == MODEL.to_dict() and card["pretraining"] == {"note": "test"}
+    assert card["embedding_size"] == 8 * R and card["heads"] == {} and len(card["sha256"]) == 64
+    loaded = load_encoder(folder)
     assert not loaded.training
     sd, ld = enc.state_dict(), loaded.state_dict()
     assert set(sd) == set(ld) and all(torch.equal(sd[k], ld[k]) for k in sd)
     fc = torch.rand(2, R, R)
     with torch.no_grad():
         assert torch.equal(loaded.embed(fc), enc.eval().embed(fc))
-    assert load_encoder(path).cfg == MODEL  # the safetensors path works too
+    assert loaded.cfg == MODEL
+    runtime = bidsfm.models.load(folder, device="cpu")  # what --model FOLDER reads
+    assert runtime.heads == {} and runtime.roi_names == [f"r{i}" for i in range(R)]
+    assert all(torch.equal(sd[k], runtime.encoder.state_dict()[k]) for k in sd)
 
 
 def test_load_rejects_mismatched_weights(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from dataclasses import replace
 
     enc, _ = pretrain(synthetic_series(4), MODEL, small_cfg(epochs=1, batch_size=4),
                       progress=False)
-    path = save_encoder(enc, MODEL, tmp_path)
-    state = load_file(str(path))
-    state["attention_list.0.linear9.weight"] = state.pop("attention_list.0.linear1.weight")
-    state["dim_reduction.0.bias"] = torch.zeros(3)
-    save_file(state, str(path))
-    with pytest.raises(InputDataError) as err:
-        load_encoder(tmp_path)
+    folder = tmp_path / "m"
+    # the card describes another architecture than the weights: every problem is listed
+    save_pretrained(folder, _card(replace(MODEL, ff_dim=16)), enc)
+    with pytest.raises(ConfigError) as err:
+        load_encoder(folder)
     msg = str(err.value)
-    assert "missing keys: attention_list.0.linear1.weight" in msg
-    assert "unexpected keys: attention_list.0.linear9.weight" in msg
-    assert "dim_reduction.0.bias (3,) != (8,)" in msg
-    (tmp_path / "config.json").unlink()
-    with pytest.raises(InputDataError, match="config.json"):
-        load_encoder(tmp_path)
+    assert "attention_list.0.linear1.weight: shape (32, 20) != (16, 20)" in msg
+    assert "attention_list.1.linear2.weight: shape (20, 32) != (20, 16)" in msg
+    save_pretrained(folder, _card(replace(MODEL, n_layers=1)), enc)
+    with pytest.raises(ConfigError, match=r"unexpected attention_list\.1\."):
+        load_encoder(folder)
+    save_pretrained(folder, _card(replace(MODEL, n_layers=3)), enc)
+    with pytest.raises(ConfigError, match=r"missing attention_list\.2\."):
+        load_encoder(folder)
+    # weights changed after saving: the card's sha256 no longer matches
+    save_pretrained(folder, _card(), enc)
+    with open(folder / "weights.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ConfigError, match="does not match the card"):
+        load_encoder(folder)
+    (folder / "card.json").unlink()
+    with pytest.raises(ConfigError, match="card.json"):
+        load_encoder(folder)
 
 
 @pytest.mark.skipif(ABIDE is None, reason="../shared/data not available")
@@ -248,14 +273,46 @@ def test_cli_on_abide_npz(tmp_path):
     result = CliRunner().invoke(pretrain_command, args)
     assert result.exit_code == 0, result.output
     assert result.output.count("\n") == 1 and "8 series x 200 ROIs" in result.output
-    for name in ("model.safetensors", "config.json", "pretrain_log.tsv"):
+    for name in ("weights.safetensors", "card.json", "pretrain_log.tsv"):
         assert (out / name).is_file()
     log = (out / "pretrain_log.tsv").read_text().splitlines()
     assert log[0].split("\t") == ["epoch", "loss", "lra", "mrm", "lr", "momentum", "seconds"]
     assert len(log) == 2
-    meta = json.loads((out / "config.json").read_text())
-    assert meta["architecture"]["n_layers"] == 1 and len(meta["meta"]["subjects"]) == 8
+    card = json.loads((out / "card.json").read_text())
+    assert card["encoder_config"]["n_layers"] == 1 and len(card["pretraining"]["subjects"]) == 8
     enc = load_encoder(out)
     assert enc.embedding_dim == 1600
     bad = CliRunner().invoke(pretrain_command, [str(out), "--epochs", "1"])
     assert bad.exit_code != 0 and "--npz" in bad.output
+
+
+def test_cli_brainmass_writes_a_loadable_model_folder(tmp_path):
+    """bidsfm-pretrain --family brainmass writes the same kind of folder as brainjepa: a
+    headless model (card.json + weights.safetensors) that bidsfm.models.load reads."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    import bidsfm.models
+
+    series = synthetic_series(6, t=60)
+    ids = [f"sub-{i:02d}" for i in range(6)]
+    np.savez(tmp_path / "ts.npz", **dict(zip(ids, series, strict=True)))
+    pd.DataFrame({"participant_id": ids}).to_csv(tmp_path / "participants.tsv", sep="\t",
+                                                 index=False)
+    out = tmp_path / "mymodel"
+    args = [str(out), "--npz", str(tmp_path / "ts.npz"), "--participants",
+            str(tmp_path / "participants.tsv"), "--epochs", "1", "--batch-size", "3",
+            "--layers", "1", "--heads", "4", "--ff-dim", "16", "--device", "cpu",
+            "--no-progress", "--atlas", "Toy"]
+    result = CliRunner().invoke(pretrain_command, args)
+    assert result.exit_code == 0, result.output
+    assert "6 series x 20 ROIs" in result.output and str(out) in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "pretrain_log.tsv",
+                                                      "weights.safetensors"]
+    model = bidsfm.models.load(out, device="cpu")
+    assert model.heads == {} and model.name == "mymodel" and model.atlas == "Toy"
+    assert model.roi_names == [f"roi_{i:03d}" for i in range(1, R + 1)]
+    assert model.card["family"] == "brainmass"
+    assert model.card["pretraining"]["subjects"] == ids
+    emb = model.embed(series[:2])
+    assert emb.shape == (2, 8 * R) and np.isfinite(emb).all()

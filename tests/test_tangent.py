@@ -32,8 +32,8 @@ def test_tangent_matches_nilearn():
 
 
 def test_reference_maps_to_zero_and_missing_rois_are_filled():
-    from bidsfm.models.pretrain_tangent import fit_reference
     from bidsfm.models.tangent import tangent_space, whitener
+    from bidsfm.models.training.objective_tangent import fit_reference
 
     fc = np.stack([np.corrcoef(s.T) for s in _series(r=10)])
     fc[0, 3, :] = np.nan
@@ -49,8 +49,8 @@ def test_reference_maps_to_zero_and_missing_rois_are_filled():
 
 
 def test_torch_tangent_equals_numpy():
-    from bidsfm.models.pretrain_tangent import fit_reference
     from bidsfm.models.tangent import tangent_space, tangent_torch, whitener
+    from bidsfm.models.training.objective_tangent import fit_reference
 
     fc = np.stack([np.corrcoef(s.T) for s in _series(r=10)])
     fc[1, 2, :] = np.nan
@@ -126,8 +126,9 @@ def test_embedding_columns_and_edge_contributions():
 
 
 def test_pretraining_is_deterministic_and_does_not_collapse():
-    from bidsfm.models.pretrain_tangent import TangentPretrainConfig, pretrain_tangent
     from bidsfm.models.tangentmass import TangentMassConfig
+    from bidsfm.models.training.configs import TangentPretrainConfig
+    from bidsfm.models.training.objective_tangent import pretrain_tangent
 
     rng = np.random.default_rng(0)
     mix = rng.normal(size=(16, 16)) / 4
@@ -170,7 +171,7 @@ def test_bundled_model_on_real_abide_runs(abide_small):
 @pytest.fixture(scope="module")
 def abide_small(shared_data):
     """12 real ABIDE participants from 3 sites (some with ROIs outside the field of view)."""
-    from bidsfm.models.build import load_abide
+    from bidsfm.models.training.data import load_abide
 
     if not (shared_data / "abide" / "cc200_timeseries.npz").is_file():
         pytest.skip("ABIDE data not available")

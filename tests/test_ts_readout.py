@@ -13,7 +13,9 @@ from bidsfm.models.brainjepa import (  # noqa: E402
     BrainJEPAEncoder,
     fit_connectivity_readout,
 )
-from bidsfm.models.jepa import JEPAConfig, JEPAPretrainer, sample_masks  # noqa: E402
+from bidsfm.models.training.configs import JEPAConfig  # noqa: E402
+from bidsfm.models.training.jepa_masks import sample_masks  # noqa: E402
+from bidsfm.models.training.objective_jepa import JEPAPretrainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,9 +122,9 @@ def test_fitted_readout_axes_and_projection():
 
 
 def test_connectivity_model_saves_and_loads(tmp_path):
-    from bidsfm.models.build import ts_input_card
     from bidsfm.models.registry import load_model, save_model
     from bidsfm.models.resample import InputSpec
+    from bidsfm.models.training.cards import ts_input_card
 
     enc = _encoder(readout="connectivity", readout_dim=2)
     centre, basis, _ = fit_connectivity_readout(enc, _prepared_runs())
@@ -191,7 +193,7 @@ def test_random_control_is_the_pretraining_starting_point():
 
 
 def test_pretraining_gain_flags_a_model_no_better_than_its_control():
-    from bidsfm.models.build import pretraining_gain
+    from bidsfm.models.training.build_ts import pretraining_gain
 
     control = {"diagnosis": {"auc": 0.70, "auc_ci95": [0.66, 0.74]},
                "age": {"mae": 5.0, "mae_ci95": [4.7, 5.3]}}

@@ -4,8 +4,9 @@ Modules
 -------
 ``collect``
     Gather the participants' small TSVs into group tables (no BOLD is read).
-``targets``, ``cv``, ``metrics``, ``figures``, ``attention``, ``target_analysis``
-    ``--target``: task type, cross-validated heads, metrics with intervals, ROC/scatter,
+``targets``, ``figures``, ``attention``, ``target_analysis``
+    ``--target``: task type, cross-validated heads and metrics with intervals (through
+    :mod:`bidsfm.evaluation`, shared with the model cards and benchmarks), ROC/scatter,
     per-ROI attention and the fitted head.
 ``harmonize``
     ``--harmonize``: label-free site harmonisation of the features (ComBat or per-site

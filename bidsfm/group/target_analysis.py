@@ -15,9 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .cv import cross_validate, fit_head
-from .metrics import compute_metrics, uncertainty_statement
-from .targets import BINARY, CONTINUOUS, Target
+from ..evaluation import (
+    BINARY,
+    CONTINUOUS,
+    compute_metrics,
+    cross_validate,
+    fit_head,
+    uncertainty_statement,
+)
+from .targets import Target
 
 LOGGER = logging.getLogger("bidsfm.group")
 
@@ -102,7 +108,9 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
     from .figures import roc_figure, scatter_figure
     from .heads_io import save_head
 
-    cv = cross_validate(target, emb, n_folds=n_folds)
+    x = np.asarray(emb, dtype=np.float64)[target.rows]
+    cv = cross_validate(target.task_type, x, target.y, target.labels, target.groups,
+                        n_folds=n_folds)
     k = len(target.labels)
     metrics = compute_metrics(target.task_type, target.y, cv["scores"], n_classes=max(k, 2),
                               n_boot=n_boot)
@@ -125,8 +133,8 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
         roc_figure(folder / "figures" / "roc.png", target.y, cv["scores"], target.labels, title)
         figure = "figures/roc.png"
 
-    head = fit_head(target, np.asarray(emb, dtype=np.float64)[target.rows],
-                    name=target.column, groups=target.groups)
+    head = fit_head(target.task_type, x, target.y, target.labels, target.groups,
+                    name=target.column)
     summary = {
         "target": target.column, "task_type": target.task_type,
         "classes": target.labels or None,

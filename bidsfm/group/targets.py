@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..evaluation import BINARY, CONTINUOUS, MULTICLASS, TASK_TYPES
 
-BINARY, MULTICLASS, CONTINUOUS = "binary", "multiclass", "continuous"
-TASK_TYPES = (BINARY, MULTICLASS, CONTINUOUS)
+__all__ = ["BINARY", "MULTICLASS", "CONTINUOUS", "TASK_TYPES", "TargetSpec", "Target",
+           "parse_target", "read_participants", "detect_task_type", "class_labels",
+           "build_target"]
 _CONTROL_NAMES = {"tc", "hc", "cn", "nc", "td", "control", "controls", "healthy", "typical",
                   "0", "0.0", "no", "false", "n", "neg", "negative"}
 

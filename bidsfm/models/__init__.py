@@ -4,16 +4,14 @@ Modules
 -------
 ``bidsfm.models.brainmass``
     BrainMass-style FC encoder (Yang et al., IEEE TMI 2024) and a batched Pearson-FC helper.
-``bidsfm.models.pretrain``
-    Self-supervised pretraining of that encoder (latent representation alignment + Mask-ROI
-    modelling), safetensors save/load and the ``bidsfm-pretrain`` command.
-
 ``bidsfm.models.brainjepa``
     Brain-JEPA-style time-series encoder (Dong et al., NeurIPS 2024): (ROI, time-patch)
     tokens, brain-gradient positioning, official ViT-S/B/L layouts.
-``bidsfm.models.jepa``
-    JEPA pretraining of that encoder with spatiotemporal masking
-    (``bidsfm-pretrain --family brainjepa``).
+``bidsfm.models.training``
+    Pretraining of both families (and of the tangent FC encoder), the ABIDE recipes of the
+    bundled models and the ``bidsfm-pretrain`` command; never imported at inference.
+``bidsfm.models.device``
+    ``auto``/``cpu``/``cuda`` device choice.
 ``bidsfm.models.gradients``
     Functional gradients (diffusion maps) of any atlas (``bidsfm-gradients``).
 ``bidsfm.models.resample``
@@ -58,7 +56,7 @@ def load(name_or_path: str | Path = "bidsfmfc", device: str = "auto") -> Any:
     -------
     bidsfm.models.registry.FoundationModel or bidsfm.models.registry.TimeSeriesModel
     """
-    from .pretrain import resolve_device
+    from .device import resolve_device
     from .registry import load_model
 
     return load_model(name_or_path, device=str(resolve_device(device)))

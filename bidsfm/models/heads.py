@@ -6,8 +6,12 @@ targets (probability of the positive label), a multinomial logistic model for mu
 fitted with scikit-learn and then reduced to arrays, so they are saved with safetensors (no
 pickled scikit-learn objects) and can be differentiated through with torch for attribution.
 
-Evaluation is leave-one-site-out: the head is refitted without each site and scored on it, so
-site effects cannot leak into the figures.
+Task types (one vocabulary for the whole package): ``binary``, ``multiclass`` and ``continuous``
+(:data:`TASK_TYPES`). A card stores the kind of a continuous head as ``regression``, as cards
+always have (:func:`card_kind`, :func:`task_type`).
+
+Cross-validated evaluation of heads (leave-one-site-out, bootstrap intervals) is in
+:mod:`bidsfm.evaluation`.
 """
 
 from __future__ import annotations
@@ -17,12 +21,58 @@ from typing import Any
 
 import numpy as np
 
-BINARY, REGRESSION, MULTICLASS = "binary", "regression", "multiclass"
+BINARY, MULTICLASS, CONTINUOUS = "binary", "multiclass", "continuous"
+#: the task types of heads and of the group level's targets
+TASK_TYPES = (BINARY, MULTICLASS, CONTINUOUS)
+#: how a head's task type is written in a card's ``kind`` where the word differs
+_CARD_WORDS = {CONTINUOUS: "regression"}
 #: inverse L2 strengths of logistic heads; wide enough that no leave-site-out fold of ABIDE FC,
 #: tangent FC or a bundled embedding picks an edge (benchmarks/evaluate_models.py checks)
 C_GRID = tuple(float(10.0**k) for k in range(-7, 2))
 #: ridge strengths of regression heads
 ALPHA_GRID = tuple(float(a) for a in np.logspace(0, 7, 15))
+
+
+def task_type(kind: str) -> str:
+    """The task type of a head ``kind`` as written in a card (``regression`` -> ``continuous``).
+
+    Parameters
+    ----------
+    kind : str
+        ``binary``, ``multiclass``, ``continuous`` or the card word ``regression``.
+
+    Returns
+    -------
+    str
+        One of :data:`TASK_TYPES`.
+
+    Raises
+    ------
+    ValueError
+        For any other word.
+    """
+    for task, word in _CARD_WORDS.items():
+        if kind == word:
+            return task
+    if kind not in TASK_TYPES:
+        raise ValueError(f"unknown head kind {kind!r} (known: {', '.join(TASK_TYPES)}, "
+                         "regression)")
+    return kind
+
+
+def card_kind(task: str) -> str:
+    """The word a card uses for a head of task type ``task`` (``continuous`` -> ``regression``).
+
+    Parameters
+    ----------
+    task : str
+        One of :data:`TASK_TYPES`.
+
+    Returns
+    -------
+    str
+    """
+    return _CARD_WORDS.get(task, task)
 
 
 @dataclass
@@ -34,7 +84,8 @@ class LinearHead:
     name : str
         Head name (e.g. ``"diagnosis"``).
     kind : str
-        ``"binary"``, ``"multiclass"`` or ``"regression"``.
+        Task type: ``"binary"``, ``"multiclass"`` or ``"continuous"`` (written ``"regression"``
+        in cards).
     labels : list of str
         For binary heads, ``[negative, positive]``; the score is P(positive). For multi-class
         heads, the classes in the order of the rows of ``coef``.
@@ -82,7 +133,7 @@ class LinearHead:
         """
         coef = np.asarray(self.coef)
         icpt = np.asarray(self.intercept)
-        return LinearHead(f"{self.name}_{self.labels[k]}", REGRESSION, [], self.mean,
+        return LinearHead(f"{self.name}_{self.labels[k]}", CONTINUOUS, [], self.mean,
                           self.scale, coef[k] - coef.mean(axis=0),
                           float(icpt[k] - icpt.mean()))
 
@@ -107,8 +158,8 @@ class LinearHead:
                 p + "intercept": np.asarray(self.intercept, dtype=np.float32).reshape(-1)}
 
     def meta(self) -> dict[str, Any]:
-        """JSON description for the model card."""
-        return {"kind": self.kind, "labels": list(self.labels), **self.info}
+        """JSON description for the model card (``kind`` in the card's word, :func:`card_kind`)."""
+        return {"kind": card_kind(self.kind), "labels": list(self.labels), **self.info}
 
     @classmethod
     def from_tensors(cls, name: str, tensors: dict[str, np.ndarray], meta: dict[str, Any]
@@ -117,11 +168,12 @@ class LinearHead:
         p = f"heads.{name}."
         info = {k: v for k, v in meta.items() if k not in ("kind", "labels")}
         icpt = np.asarray(tensors[p + "intercept"], dtype=np.float64).ravel()
-        return cls(name=name, kind=meta["kind"], labels=list(meta.get("labels", [])),
+        kind = task_type(meta["kind"])
+        return cls(name=name, kind=kind, labels=list(meta.get("labels", [])),
                    mean=np.asarray(tensors[p + "mean"], dtype=np.float64),
                    scale=np.asarray(tensors[p + "scale"], dtype=np.float64),
                    coef=np.asarray(tensors[p + "coef"], dtype=np.float64),
-                   intercept=icpt if meta["kind"] == MULTICLASS else float(icpt[0]), info=info)
+                   intercept=icpt if kind == MULTICLASS else float(icpt[0]), info=info)
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -289,113 +341,5 @@ def fit_regression_head(name: str, emb: np.ndarray, y: np.ndarray,
             best_a, best = a, float(np.mean(err))
     model = Ridge(alpha=best_a).fit(z, y)
     coef = model.coef_.ravel() if basis is None else basis.T @ model.coef_.ravel()
-    return LinearHead(name, REGRESSION, [], mean, scale, coef.copy(),
+    return LinearHead(name, CONTINUOUS, [], mean, scale, coef.copy(),
                       float(model.intercept_), {"alpha": best_a, "n_train": int(len(y))})
-
-
-def bootstrap_ci(metric, y: np.ndarray, s: np.ndarray, n_boot: int = 1000, seed: int = 0
-                 ) -> tuple[float, float]:
-    """Percentile 95% bootstrap interval of ``metric(y, s)`` over participants."""
-    rng = np.random.default_rng(seed)
-    vals = []
-    n = len(y)
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        try:
-            vals.append(metric(y[idx], s[idx]))
-        except ValueError:  # a resample with one class
-            continue
-    if not vals:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def paired_bootstrap_auc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
-                                    n_boot: int = 2000, seed: int = 0
-                                    ) -> tuple[float, float, float]:
-    """AUC(a) - AUC(b) on the same participants, with a paired percentile 95 % interval.
-
-    Each bootstrap resample of participants scores both sets of predictions, so the interval
-    accounts for their correlation (both were made for the same people).
-
-    Parameters
-    ----------
-    y : np.ndarray
-        (N,) 0/1 labels.
-    score_a, score_b : np.ndarray
-        (N,) out-of-fold scores of the two feature sets.
-    n_boot : int
-        Resamples.
-    seed : int
-        Random seed.
-
-    Returns
-    -------
-    tuple of float
-        (difference, lower, upper).
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y).astype(int)
-    a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
-    diff = float(roc_auc_score(y, a) - roc_auc_score(y, b))
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() == y[idx].max():
-            continue
-        vals.append(roc_auc_score(y[idx], a[idx]) - roc_auc_score(y[idx], b[idx]))
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return diff, float(lo), float(hi)
-
-
-def leave_site_out(emb: np.ndarray, y: np.ndarray, sites: np.ndarray, kind: str, *,
-                   labels: list[str] | None = None) -> dict[str, Any]:
-    """Leave-one-site-out evaluation of a head type on embeddings.
-
-    For every site, a head is fitted on the other sites (with its own inner, site-grouped
-    hyper-parameter search) and scores that site's participants. Returns pooled out-of-fold
-    metrics with 95% bootstrap intervals, the mean over sites, and the out-of-fold predictions.
-    """
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
-    emb = np.asarray(emb, dtype=np.float64)
-    sites = np.asarray(sites)
-    oof = np.full(len(y), np.nan)
-    per_site: dict[str, float] = {}
-    for site in np.unique(sites):
-        te = sites == site
-        tr = ~te
-        if kind == BINARY:
-            head = fit_binary_head("cv", emb[tr], y[tr], labels or ["0", "1"], sites[tr])
-            oof[te] = head.predict(emb[te])
-            if len(np.unique(y[te])) == 2:
-                per_site[str(site)] = float(roc_auc_score(y[te], oof[te]))
-        else:
-            head = fit_regression_head("cv", emb[tr], y[tr], sites[tr])
-            oof[te] = head.predict(emb[te])
-            per_site[str(site)] = float(np.mean(np.abs(oof[te] - y[te])))
-    out: dict[str, Any] = {"n": int(len(y)), "n_sites": int(len(np.unique(sites))),
-                           "scheme": "leave-one-site-out", "oof": oof}
-    if kind == BINARY:
-        y = np.asarray(y).astype(int)
-        auc = float(roc_auc_score(y, oof))
-        out.update(auc=auc, auc_ci95=bootstrap_ci(roc_auc_score, y, oof),
-                   balanced_accuracy=float(balanced_accuracy_score(y, oof >= 0.5)),
-                   auc_mean_over_sites=float(np.mean(list(per_site.values()))),
-                   auc_per_site=per_site)
-    else:
-        y = np.asarray(y, dtype=np.float64)
-
-        def mae(a, b):
-            return float(np.mean(np.abs(a - b)))
-
-        def corr(a, b):
-            return float(np.corrcoef(a, b)[0, 1])
-
-        out.update(mae=mae(y, oof), mae_ci95=bootstrap_ci(mae, y, oof), r=corr(y, oof),
-                   r_ci95=bootstrap_ci(corr, y, oof), mae_per_site=per_site,
-                   mae_predict_mean=float(np.mean(np.abs(y - y.mean()))))
-    return out
