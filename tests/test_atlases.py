@@ -216,6 +216,27 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch, no_bundle):
     assert not list((tmp_path / "bidsfm_home" / "atlases").glob("*CC200*"))
 
 
+def test_failed_download_is_not_retried_at_once(tmp_path, monkeypatch, no_bundle):
+    """Runs of a job on a node without network do not each wait for the timeout."""
+    monkeypatch.delenv("BIDSFM_OFFLINE")
+    calls = []
+
+    def _down(url, timeout=None):
+        calls.append(url)
+        raise urllib.error.URLError("Network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", _down)
+    for _ in range(3):
+        with pytest.raises(AtlasNotFoundError, match="download failed") as err:
+            resolve_atlas("CC200")
+    assert calls == [CC200_URL] and "retried after 600 s" in _one_line(err.value)
+    monkeypatch.setattr(store, "RETRY_AFTER", 0.0)  # later: tried again, and it works
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, timeout=None: io.BytesIO(CC200_FILE.read_bytes()))
+    assert resolve_atlas("CC200").image.is_relative_to(tmp_path / "bidsfm_home")
+    assert not list((tmp_path / "bidsfm_home" / "atlases" / ".failed").iterdir())
+
+
 def test_download_hang_is_bounded(tmp_path, monkeypatch, no_bundle):
     monkeypatch.delenv("BIDSFM_OFFLINE")
     monkeypatch.setattr(store, "DOWNLOAD_TIMEOUT", 0.2)
@@ -254,7 +275,8 @@ def test_download_with_wrong_content_leaves_nothing(tmp_path, monkeypatch, no_bu
     with pytest.raises(AtlasNotFoundError, match="sha256"):
         resolve_atlas("CC200")
     folder = tmp_path / "bidsfm_home" / "atlases"
-    assert not folder.exists() or not any(folder.iterdir())
+    left = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+    assert [p.parent.name for p in left] == [".failed"]  # only the note of the failure
 
 
 def test_unknown_spec_lists_known_names():

@@ -173,24 +173,61 @@ def _download(url: str, dest: Path, sha256: str, timeout: float | None = None) -
         raise errors[0]
 
 
+#: Seconds during which a failed download is not retried (by any job sharing the cache), so
+#: that the runs of a job on a node without network do not each wait for the timeout.
+RETRY_AFTER = 600.0
+
+
+def _failure_path(remote: RemoteFile) -> Path:
+    return cache_dir() / ".failed" / f"{remote.sha256[:16]}.json"
+
+
+def _recent_failure(remote: RemoteFile) -> str | None:
+    import time
+
+    try:
+        info = json.loads(_failure_path(remote).read_text())
+        age = time.time() - float(info["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if 0 <= age < RETRY_AFTER:
+        return f"{info.get('reason', 'failed')}, {age:.0f} s ago; retried after {RETRY_AFTER:g} s"
+    return None
+
+
 def download(remote: RemoteFile, atlas: str) -> Path:
     """Download ``remote`` into the cache (sha256-verified) and return its path.
+
+    A failure is remembered in the cache for :data:`RETRY_AFTER` seconds, during which the
+    download is not tried again.
 
     Raises
     ------
     AtlasNotFoundError
-        Offline (``BIDSFM_OFFLINE``), or the download failed or had the wrong content; the
-        one-line message names the URL, the sha256 and how to seed the file instead.
+        Offline (``BIDSFM_OFFLINE``), or the download failed (now or recently) or had the
+        wrong content; the one-line message names the URL, the sha256 and how to seed the
+        file instead.
     """
+    import time
+
     dest = cache_path(remote)
     if offline():
         raise missing_file(remote, atlas, "BIDSFM_OFFLINE is set")
+    recent = _recent_failure(remote)
+    if recent is not None:
+        raise missing_file(remote, atlas, f"download failed: {recent}")
     try:
         LOGGER.info("downloading %s atlas file %s", atlas, remote.url)
         _download(remote.url, dest, remote.sha256)
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"
         reason = str(exc).replace("\n", " ").strip() or type(exc).__name__
+        try:
+            with atomic_path(_failure_path(remote)) as tmp:
+                tmp.write_text(json.dumps({"time": time.time(), "reason": reason[:200]}))
+        except OSError:  # a read-only cache: nothing remembered
+            pass
         raise missing_file(remote, atlas, f"download failed: {reason}") from None
+    _failure_path(remote).unlink(missing_ok=True)
     _write_stamp(dest, remote.sha256)
     return dest
 
