@@ -113,7 +113,7 @@ try:
 except SystemExit as exc:
     code = exc.code or 0
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"matplotlib", "torch", "nipype",
-                                                          "bids", "nilearn"})
+                                                          "bids", "nilearn", "sklearn"})
 print(json.dumps({"code": code, "heavy": heavy}))
 """
 
@@ -149,7 +149,9 @@ def test_cli_no_figures_then_reports_only(tiny_ds, tmp_path):
                 tmp_path / "work2"])
     assert job["code"] == 0, job["log"][-2000:]
     assert job["heavy"] == ["matplotlib"]  # no pybids index, Nipype, torch or nilearn
-    assert not (tmp_path / "work2").exists()
+    # no pybids index, no Nipype folder: at most matplotlib's font cache (MPLCONFIGDIR)
+    work2 = tmp_path / "work2"
+    assert not work2.exists() or [p.name for p in work2.iterdir()] == ["matplotlib"]
     pngs = sorted(out.rglob("*.png"))
     assert len(pngs) == 2  # both runs of sub-02 have model outputs
     after = _files(out)
@@ -194,3 +196,11 @@ def test_cli_group_reports_only(tmp_path):
     assert "torch" not in job["heavy"]
     check_html((out / "group.html").read_text(encoding="utf-8"))
     assert (out / "logs" / "CITATION.md").is_file()
+
+
+def test_cli_model_none_imports_no_torch(tiny_ds, tmp_path):
+    """Imports (issue 16): a job without a model never imports torch, nilearn or sklearn."""
+    job = _job([tiny_ds["root"], tmp_path / "out", "participant", "--participant-label",
+                "02", "-w", tmp_path / "work", "--model", "none", "--min-time", "0"])
+    assert job["code"] == 0, job["log"][-2000:]
+    assert not set(job["heavy"]) & {"torch", "nilearn", "sklearn"}, job["heavy"]
