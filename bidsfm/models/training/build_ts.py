@@ -160,6 +160,88 @@ def pretraining_gain(validation: dict[str, dict[str, Any]],
     return {"improved": improved, "comparison": lines, "warning": warning}
 
 
+def ts_card(name: str, version: str, enc_cfg: Any, jepa_cfg: Any, spec: Any,
+            readout_card: dict[str, Any], grads: np.ndarray, logs: list[dict[str, Any]],
+            train_seconds: float, pheno: pd.DataFrame, series: list[np.ndarray],
+            trs: np.ndarray, emb_size: int, control: dict[str, dict[str, Any]] | None,
+            gain: dict[str, Any] | None) -> dict[str, Any]:
+    """The model card of a time-series model built on ABIDE (its heads are added on saving).
+
+    Parameters
+    ----------
+    name, version : str
+        Model name and version.
+    enc_cfg, jepa_cfg, spec
+        Encoder configuration, JEPA hyper-parameters and input contract.
+    readout_card : dict
+        :func:`~bidsfm.models.training.cards.readout_section`, filled when fitted.
+    grads : np.ndarray
+        (R, G) gradients.
+    logs : list of dict
+        Per-epoch pretraining log.
+    train_seconds : float
+        Pretraining time.
+    pheno, series, trs
+        The ABIDE participants, their series and repetition times.
+    emb_size : int
+        Length of the embedding.
+    control, gain : dict, optional
+        Random-weight control figures and :func:`pretraining_gain` (None: no control).
+
+    Returns
+    -------
+    dict
+    """
+    return {
+        "name": name,
+        "version": version,
+        "family": "brainjepa",
+        "description": "Brain-JEPA-style time-series encoder ((ROI, time-patch) tokens, "
+                       "pre-norm ViT, sin/cos time code + learned projection of functional "
+                       f"gradients, {readout_card['short']}) pretrained by the bidsfm "
+                       "developers with JEPA spatiotemporal masking, TR-aware input, with "
+                       "linear heads on the frozen embedding.",
+        "atlas": cc200_atlas_card(),
+        "input": ts_input_card(spec),
+        "encoder_config": enc_cfg.to_dict(),
+        "embedding_size": emb_size,
+        "readout": readout_card,
+        "gradients": {
+            "tensor": "gradients (R x G) in weights.safetensors",
+            "n_components": int(grads.shape[1]),
+            "method": "diffusion-map embedding (bidsfm.models.gradients.functional_gradients: "
+                      "row-wise top-10% threshold, cosine affinity, alpha 0.5, multi-scale "
+                      "lambda/(1-lambda) scaling, signs fixed by the largest entry)",
+            "source": f"group FC (mean Fisher z) of the {len(series)} ABIDE training "
+                      "participants, CC200",
+            "citation": GRADIENT_CITATIONS,
+        },
+        "pretraining": {"objective": "JEPA: smooth-L1 between predictor outputs and layer-normed "
+                                     "EMA-target tokens of cross-ROI, cross-time and "
+                                     "double-cross target blocks",
+                        "config": jepa_cfg.to_dict(), "epochs_run": len(logs),
+                        "final_epoch": logs[-1] if logs else None,
+                        "seconds": round(train_seconds, 1),
+                        "encoder_saved": "EMA target encoder"},
+        "training_data": abide_training_data(
+            "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
+            "CC200 ROI time series", pheno, series,
+            repetition_times=sorted({float(t) for t in trs})),
+        "validation": {
+            "scheme": ABIDE_LOSO_SCHEME + " The encoder, the gradients and the readout axes "
+                                          "were fitted (without labels) on all 16 sites.",
+            **({"random_weight_control": control} if control is not None else {}),
+        },
+        **({"warning": gain["warning"]} if gain and gain["warning"] else {}),
+        "attribution": {"method": "integrated gradients over the input windows",
+                        "baseline": "all-zero z-scored series (every ROI at its run mean)",
+                        "roi_score": "sum over the ROI's time points, averaged over windows"},
+        "licence": ABIDE_WEIGHTS_LICENCE,
+        "citation": [BRAINJEPA_CITATION] + GRADIENT_CITATIONS + ABIDE_CITATION
+        + (VARIANCE_TERM_CITATIONS if jepa_cfg.var_weight or jepa_cfg.cov_weight else []),
+    }
+
+
 def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None,
                    enc_cfg=None, jepa_cfg=None, spec=None, name: str = "bidsfmts",
                    version: str = "1.1.0", max_subjects: int | None = None,
@@ -218,53 +300,7 @@ def build_ts_model(out_dir: str | Path, *, shared_data: str | Path | None = None
         control = random_control_validation(enc_cfg, grads, jepa_cfg.seed, windows, pheno)
         log(f"random-weight control embedded and evaluated in {time.time() - t0:.0f} s")
     gain = None if control is None else pretraining_gain(validation, control)
-    card: dict[str, Any] = {
-        "name": name,
-        "version": version,
-        "family": "brainjepa",
-        "description": "Brain-JEPA-style time-series encoder ((ROI, time-patch) tokens, "
-                       "pre-norm ViT, sin/cos time code + learned projection of functional "
-                       f"gradients, {readout_card['short']}) pretrained by the bidsfm "
-                       "developers with JEPA spatiotemporal masking, TR-aware input, with "
-                       "linear heads on the frozen embedding.",
-        "atlas": cc200_atlas_card(),
-        "input": ts_input_card(spec),
-        "encoder_config": enc_cfg.to_dict(),
-        "embedding_size": int(emb.shape[1]),
-        "readout": readout_card,
-        "gradients": {
-            "tensor": "gradients (R x G) in weights.safetensors",
-            "n_components": int(grads.shape[1]),
-            "method": "diffusion-map embedding (bidsfm.models.gradients.functional_gradients: "
-                      "row-wise top-10% threshold, cosine affinity, alpha 0.5, multi-scale "
-                      "lambda/(1-lambda) scaling, signs fixed by the largest entry)",
-            "source": f"group FC (mean Fisher z) of the {len(series)} ABIDE training "
-                      "participants, CC200",
-            "citation": GRADIENT_CITATIONS,
-        },
-        "pretraining": {"objective": "JEPA: smooth-L1 between predictor outputs and layer-normed "
-                                     "EMA-target tokens of cross-ROI, cross-time and "
-                                     "double-cross target blocks",
-                        "config": jepa_cfg.to_dict(), "epochs_run": len(logs),
-                        "final_epoch": logs[-1] if logs else None,
-                        "seconds": round(train_seconds, 1),
-                        "encoder_saved": "EMA target encoder"},
-        "training_data": abide_training_data(
-            "ABIDE I (Preprocessed Connectomes Project, C-PAC, no band-pass, no GSR), "
-            "CC200 ROI time series", pheno, series,
-            repetition_times=sorted({float(t) for t in trs})),
-        "validation": {
-            "scheme": ABIDE_LOSO_SCHEME + " The encoder, the gradients and the readout axes "
-                                          "were fitted (without labels) on all 16 sites.",
-            **({"random_weight_control": control} if control is not None else {}),
-        },
-        **({"warning": gain["warning"]} if gain and gain["warning"] else {}),
-        "attribution": {"method": "integrated gradients over the input windows",
-                        "baseline": "all-zero z-scored series (every ROI at its run mean)",
-                        "roi_score": "sum over the ROI's time points, averaged over windows"},
-        "licence": ABIDE_WEIGHTS_LICENCE,
-        "citation": [BRAINJEPA_CITATION] + GRADIENT_CITATIONS + ABIDE_CITATION
-        + (VARIANCE_TERM_CITATIONS if jepa_cfg.var_weight or jepa_cfg.cov_weight else []),
-    }
+    card = ts_card(name, version, enc_cfg, jepa_cfg, spec, readout_card, grads, logs,
+                   train_seconds, pheno, series, trs, int(emb.shape[1]), control, gain)
     save_model(out_dir, card, encoder, heads, extra_tensors=extra)
     return json.loads((Path(out_dir) / "card.json").read_text())

@@ -117,6 +117,52 @@ def _read_gradients(path: Path, n_rois: int) -> np.ndarray:
     return grads
 
 
+def _resampled_runs(names: list[str], series: list[np.ndarray], trs: list[float], spec: Any
+                    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Runs resampled to ``spec.target_tr`` and z-scored, without those shorter than a window;
+    with their names."""
+    from ..resample import normalise_run, resample_run
+
+    runs, kept = [], []
+    for name, ts, t in zip(names, series, trs, strict=True):
+        z, valid = normalise_run(resample_run(ts, t, spec.target_tr))
+        if z.shape[0] >= spec.n_frames:
+            runs.append((z, valid))
+            kept.append(name)
+    if not runs:
+        raise InputDataError(f"no run lasts {spec.min_seconds:g} s (--frames x --target-tr)")
+    return runs, kept
+
+
+def _gradients(gradients_tsv: Path | None, series: list[np.ndarray], n_rois: int
+               ) -> tuple[np.ndarray, str]:
+    """(R, G) gradients from ``--gradients`` or from the group FC of the runs, and their source."""
+    if gradients_tsv is not None:
+        return _read_gradients(gradients_tsv, n_rois), str(gradients_tsv)
+    from ..brainmass import fc_from_timeseries
+    from ..gradients import functional_gradients, group_fc
+
+    fcs = [np.asarray(fc_from_timeseries(np.asarray(s, dtype=np.float64))) for s in series]
+    grads = functional_gradients(group_fc(fcs), n_components=min(30, n_rois - 1))
+    return grads, f"group FC of the {len(series)} training runs"
+
+
+def _fit_readout(encoder: Any, runs: list[tuple[np.ndarray, np.ndarray]], spec: Any,
+                 card: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Fit the connectivity readout axes on the runs' windows (no labels), set them on the
+    encoder, describe them in ``card`` and return the tensors to store."""
+    from ..brainjepa import fit_connectivity_readout
+    from ..resample import window_run
+
+    prepared = [(window_run(z, spec), valid) for z, valid in runs]
+    centre, basis, explained = fit_connectivity_readout(encoder, prepared)
+    encoder.set_readout(centre, basis)
+    card.update({"readout_dim": encoder.config.readout_dim,
+                 "fitted_on": f"the {len(runs)} training runs, without labels",
+                 "explained_variance_total": round(float(explained.sum()), 4)})
+    return {"readout.centre": centre, "readout.basis": basis}
+
+
 def run_brainjepa(out_dir: Path, *, npz: Path | None, participants: Path | None,
                   bidsfm_dir: Path | None, atlas: str, epochs: int, batch_size: int, lr: float,
                   depth: int, heads: int, dim: int, patch: int, frames: int, target_tr: float,
@@ -135,8 +181,7 @@ def run_brainjepa(out_dir: Path, *, npz: Path | None, participants: Path | None,
         The one-line summary to print.
     """
     from ..brainjepa import BrainJEPAConfig
-    from ..gradients import functional_gradients, group_fc
-    from ..resample import InputSpec, normalise_run, resample_run
+    from ..resample import InputSpec
     from .configs import JEPAConfig
     from .objective_jepa import pretrain_jepa
 
@@ -148,24 +193,8 @@ def run_brainjepa(out_dir: Path, *, npz: Path | None, participants: Path | None,
         trs = [trs[i] for i in pick]
     n_rois = series[0].shape[1]
     spec = InputSpec(target_tr=target_tr, n_frames=frames, window_stride=max(1, frames // 2))
-    runs, kept = [], []
-    for name, ts, t in zip(names, series, trs, strict=True):
-        z, valid = normalise_run(resample_run(ts, t, target_tr))
-        if z.shape[0] >= frames:
-            runs.append((z, valid))
-            kept.append(name)
-    if not runs:
-        raise InputDataError(f"no run lasts {spec.min_seconds:g} s (--frames x --target-tr)")
-    if gradients_tsv is not None:
-        grads = _read_gradients(gradients_tsv, n_rois)
-        source = str(gradients_tsv)
-    else:
-        from ..brainmass import fc_from_timeseries
-
-        fcs = [np.asarray(fc_from_timeseries(np.asarray(s, dtype=np.float64)))
-               for s in series]
-        grads = functional_gradients(group_fc(fcs), n_components=min(30, n_rois - 1))
-        source = f"group FC of the {len(series)} training runs"
+    runs, kept = _resampled_runs(names, series, trs, spec)
+    grads, source = _gradients(gradients_tsv, series, n_rois)
     enc_cfg = BrainJEPAConfig(n_rois=n_rois, n_frames=frames, patch_size=patch, embed_dim=dim,
                               depth=depth, n_heads=heads, n_gradients=grads.shape[1],
                               readout=readout,
@@ -182,16 +211,7 @@ def run_brainjepa(out_dir: Path, *, npz: Path | None, participants: Path | None,
     extra = {"gradients": grads}
     readout_card: dict[str, Any] = {"kind": readout}
     if readout == "connectivity" and enc_cfg.readout_dim:
-        from ..brainjepa import fit_connectivity_readout
-        from ..resample import window_run
-
-        prepared = [(window_run(z, spec), valid) for z, valid in runs]
-        centre, basis, explained = fit_connectivity_readout(encoder, prepared)
-        encoder.set_readout(centre, basis)
-        extra.update({"readout.centre": centre, "readout.basis": basis})
-        readout_card.update({"readout_dim": enc_cfg.readout_dim,
-                             "fitted_on": f"the {len(runs)} training runs, without labels",
-                             "explained_variance_total": round(float(explained.sum()), 4)})
+        extra.update(_fit_readout(encoder, runs, spec, readout_card))
     card = pretrained_card(
         out_dir.name, "brainjepa",
         "Brain-JEPA-style time-series encoder pretrained with bidsfm-pretrain "

@@ -108,6 +108,91 @@ def fit_readout_basis(refined_rows: np.ndarray, k: int) -> np.ndarray:
     return v[:, ::-1][:, :k].copy()
 
 
+def _check_views(views: Sequence[Sequence[np.ndarray | None]], r: int) -> None:
+    n = len(views[0])
+    if any(len(v) != n for v in views) or any(s is None for s in views[0]):
+        raise ConfigError("every view must list all participants and the primary view "
+                          "(views[0]) must have a series for each")
+    for v in views:
+        for s in v:
+            if s is not None and (s.ndim != 2 or s.shape[1] != r):
+                raise ConfigError(f"series must be (T, {r}), got {s.shape}")
+
+
+def _tangent_views(views: Sequence[Sequence[np.ndarray | None]], r: int, shrink: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+    """Full-length FC of every view mapped to tangent space with the cohort's reference.
+
+    Returns
+    -------
+    tuple
+        ``has`` (V, N) which participants each view holds, the reference and fill
+        (:func:`fit_reference` on the primary view), the (N, R, R) float32 tangent FC of each
+        view, and ``valid`` (N, R) ROIs of the primary view.
+    """
+    full = [np.stack([_pearson(s) if s is not None else np.full((r, r), np.nan) for s in v])
+            for v in views]
+    has = np.stack([np.array([s is not None for s in v]) for v in views])  # (V, N)
+    reference, fill = fit_reference(full[0], shrink)
+    tangents = [tangent_space(f, reference, fill, shrink).astype(np.float32) for f in full]
+    valid = np.isfinite(full[0]).sum(axis=-1) > 1  # (N, R)
+    return has, reference, fill, tangents, valid
+
+
+def _batch_pairs(idx: np.ndarray, views: Sequence[Sequence[np.ndarray | None]],
+                 has: np.ndarray, tangents: list[np.ndarray], cfg: TangentPretrainConfig,
+                 rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Input pseudo-FC (a random view, frames dropped) and target tangent FC per participant."""
+    src, tgt = [], []
+    for i in idx:
+        avail = np.flatnonzero(has[:, i])
+        v_in = int(rng.choice(avail))
+        src.append(_drop_frames_fc(views[v_in][i], cfg.drop_fraction, rng))
+        others = avail[avail != v_in]
+        if cfg.target == "consensus":
+            tgt.append(np.mean([tangents[v][i] for v in avail], axis=0))
+        elif cfg.target == "primary":
+            tgt.append(tangents[0][i])
+        elif len(others):
+            tgt.append(tangents[int(rng.choice(others))][i])
+        else:
+            tgt.append(tangents[v_in][i])
+    return src, tgt
+
+
+def _batch_loss(encoder: TangentMassEncoder, src: list[np.ndarray], tgt: list[np.ndarray],
+                v: Any, cfg: TangentPretrainConfig) -> tuple[Any, Any]:
+    """Weighted MSE of the refined matrices (hidden ROIs x ``masked_weight``) and the MSE of
+    the hidden ROIs' pairs alone, for one batch with ROI validity ``v`` (B, R)."""
+    import torch
+
+    device = v.device
+    fc_in = torch.as_tensor(np.stack(src), dtype=torch.float32, device=device)
+    fc_in = fc_in.masked_fill(~v[:, :, None] | ~v[:, None, :], float("nan"))
+    t_in = encoder.tangent(fc_in)
+    target = torch.as_tensor(np.stack(tgt), device=device)
+    mask = (torch.rand(len(src), v.shape[1], generator=None) < cfg.mask_ratio).to(device) & v
+    y = encoder.refine_tangent(t_in, v, mask)
+    pair = (v[:, :, None] & v[:, None, :]).float()
+    hid = (mask[:, :, None] | mask[:, None, :]).float()
+    w = (1.0 + (cfg.masked_weight - 1.0) * hid) * pair
+    err = (y - target) ** 2
+    loss = (err * w).sum() / w.sum()
+    return loss, (err * hid * pair).sum() / (hid * pair).sum().clamp_min(1.0)
+
+
+def _write_log(log_path: str | Path | None, logs: list[dict[str, Any]]) -> None:
+    """Rewrite the whole per-epoch log atomically (:data:`LOG_COLUMNS`)."""
+    if log_path is None:
+        return
+    import pandas as pd
+
+    from ...utils import atomic_path
+
+    with atomic_path(Path(log_path)) as tmp:
+        pd.DataFrame(logs, columns=list(LOG_COLUMNS)).to_csv(tmp, sep="\t", index=False)
+
+
 def pretrain_tangent(views: Sequence[Sequence[np.ndarray | None]], model_cfg: TangentMassConfig,
                      cfg: TangentPretrainConfig, log_path: str | Path | None = None,
                      progress: bool = True) -> tuple[TangentMassEncoder, list[dict[str, Any]]]:
@@ -137,32 +222,20 @@ def pretrain_tangent(views: Sequence[Sequence[np.ndarray | None]], model_cfg: Ta
     """
     import logging
 
-    import pandas as pd
     import torch
 
     from ..device import resolve_device
 
     logger = logging.getLogger("bidsfm.pretrain")
     n = len(views[0])
-    if any(len(v) != n for v in views) or any(s is None for s in views[0]):
-        raise ConfigError("every view must list all participants and the primary view "
-                          "(views[0]) must have a series for each")
     r = model_cfg.n_rois
-    for v in views:
-        for s in v:
-            if s is not None and (s.ndim != 2 or s.shape[1] != r):
-                raise ConfigError(f"series must be (T, {r}), got {s.shape}")
+    _check_views(views, r)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
     shrink = float(model_cfg.shrinkage)
 
-    full = [np.stack([_pearson(s) if s is not None else np.full((r, r), np.nan) for s in v])
-            for v in views]
-    has = np.stack([np.array([s is not None for s in v]) for v in views])  # (V, N)
-    reference, fill = fit_reference(full[0], shrink)
-    tangents = [tangent_space(f, reference, fill, shrink).astype(np.float32) for f in full]
-    valid = np.isfinite(full[0]).sum(axis=-1) > 1  # (N, R)
+    has, reference, fill, tangents, valid = _tangent_views(views, r, shrink)
     encoder = TangentMassEncoder(model_cfg)
     encoder.set_reference(whitener(reference), fill)
     encoder.to(device)
@@ -182,35 +255,11 @@ def pretrain_tangent(views: Sequence[Sequence[np.ndarray | None]], model_cfg: Ta
         tot = tot_m = 0.0
         for b0 in range(0, n, cfg.batch_size):
             idx = perm[b0:b0 + cfg.batch_size]
-            src, tgt = [], []
-            for i in idx:
-                avail = np.flatnonzero(has[:, i])
-                v_in = int(rng.choice(avail))
-                src.append(_drop_frames_fc(views[v_in][i], cfg.drop_fraction, rng))
-                others = avail[avail != v_in]
-                if cfg.target == "consensus":
-                    tgt.append(np.mean([tangents[v][i] for v in avail], axis=0))
-                elif cfg.target == "primary":
-                    tgt.append(tangents[0][i])
-                elif len(others):
-                    tgt.append(tangents[int(rng.choice(others))][i])
-                else:
-                    tgt.append(tangents[v_in][i])
-            v = valid_t[idx].to(device)
-            fc_in = torch.as_tensor(np.stack(src), dtype=torch.float32, device=device)
-            fc_in = fc_in.masked_fill(~v[:, :, None] | ~v[:, None, :], float("nan"))
-            t_in = encoder.tangent(fc_in)
-            target = torch.as_tensor(np.stack(tgt), device=device)
-            mask = (torch.rand(len(idx), r, generator=None) < cfg.mask_ratio).to(device) & v
+            src, tgt = _batch_pairs(idx, views, has, tangents, cfg, rng)
             lr = (warmup_cosine_lr(step, total, warmup, cfg.lr) if cfg.schedule == "cosine"
                   else cfg.lr)
             set_lr(opt, lr)
-            y = encoder.refine_tangent(t_in, v, mask)
-            pair = (v[:, :, None] & v[:, None, :]).float()
-            hid = (mask[:, :, None] | mask[:, None, :]).float()
-            w = (1.0 + (cfg.masked_weight - 1.0) * hid) * pair
-            err = (y - target) ** 2
-            loss = (err * w).sum() / w.sum()
+            loss, masked = _batch_loss(encoder, src, tgt, valid_t[idx].to(device), cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
@@ -218,8 +267,7 @@ def pretrain_tangent(views: Sequence[Sequence[np.ndarray | None]], model_cfg: Ta
             opt.step()
             step += 1
             tot += float(loss.detach()) * len(idx)
-            tot_m += float(((err * hid * pair).sum() / (hid * pair).sum().clamp_min(1.0)).detach()
-                           ) * len(idx)
+            tot_m += float(masked.detach()) * len(idx)
         emb = embed_tangent_fc(encoder, tangents[0][monitor], valid[monitor])
         entry = {"epoch": epoch, "loss": tot / n, "masked_loss": tot_m / n, "lr": lr,
                  "emb_sd": float(emb.std(axis=0).mean()), "input_sd": input_sd,
@@ -229,10 +277,6 @@ def pretrain_tangent(views: Sequence[Sequence[np.ndarray | None]], model_cfg: Ta
             logger.info("pretraining epoch %d/%d: loss %.5f (hidden ROIs %.5f), embedding "
                         "sd %.4f (input %.4f), %.0f s", epoch, cfg.epochs, entry["loss"],
                         entry["masked_loss"], entry["emb_sd"], input_sd, entry["seconds"])
-        if log_path is not None:
-            from ...utils import atomic_path
-
-            with atomic_path(Path(log_path)) as tmp:
-                pd.DataFrame(logs, columns=list(LOG_COLUMNS)).to_csv(tmp, sep="\t", index=False)
+        _write_log(log_path, logs)
     encoder = encoder.cpu().eval()
     return encoder, logs
