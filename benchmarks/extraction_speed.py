@@ -85,7 +85,7 @@ def mark(name):
 import numpy as np
 import pandas as pd
 import nibabel
-from bidsfm import atlases, confounds, connectivity, denoise, derivatives, extract
+from bidsfm import atlases, connectivity, denoising, derivatives, extract
 mark("imports (numpy, pandas, nibabel, bidsfm)")
 r = json.loads(sys.argv[1])
 img = extract.open_bold(r["bold"])
@@ -96,13 +96,13 @@ mark("atlas resampling to the run grid")
 mask = extract.load_mask(r["mask"], img.affine, img.shape)
 proj = extract.project_labels(labels, atlas.labels["index"].to_numpy(), mask)
 mark("brain mask and label projection")
-sel = confounds.load_confounds(r["confounds"], confounds.get_strategy(sys.argv[2]),
+sel = denoising.load_confounds(r["confounds"], denoising.get_strategy(sys.argv[2]),
                                n_volumes=img.shape[3], confounds_json=r["confounds_json"])
 mark("confounds TSV and strategy")
 (raw,) = extract.extract_roi_signals(r["bold"], mask, [proj], img=img)
 mark("streaming extraction (decode + project)")
-clean = denoise.clean_signals(raw, t_r=r["repetition_time"], confounds=sel.confounds,
-                              sample_mask=sel.sample_mask)
+clean = denoising.clean_signals(raw, t_r=r["repetition_time"], confounds=sel.confounds,
+                                sample_mask=sel.sample_mask)
 fc = connectivity.pearson_fc(clean)
 mark("cleaning + FC")
 names = atlas.labels["name"].astype(str).tolist()

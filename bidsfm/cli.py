@@ -677,7 +677,7 @@ def absolute_paths(opts: dict[str, Any]) -> dict[str, Any]:
     out["atlas"] = tuple(absolute_atlas_spec(s) for s in opts.get("atlas") or ())
     strategy = opts.get("strategy")
     if strategy:
-        from .confounds import PRESETS
+        from .denoising import PRESETS
 
         preset = str(strategy).removesuffix("+gsr") in PRESETS
         if not preset and (str(strategy).lower().endswith(".json") or Path(strategy).is_file()):
@@ -882,7 +882,7 @@ def _citation(output_dir: Path, options, model: dict[str, str] | None) -> None:
 def _run_workflow(runs_by_participant, options, output_dir: Path, work_dir: Path,
                   opts: dict[str, Any], model: dict[str, str] | None,
                   heads: list[str] | None = None, steps: Any = None) -> list[dict]:
-    from .confounds import get_strategy
+    from .denoising import get_strategy
     from .workflow import init_bidsfm_wf, plugin_settings
 
     # validate the strategy once (a bad strategy file is a usage error, not N run errors)

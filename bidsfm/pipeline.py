@@ -105,7 +105,7 @@ class RunResult:
 
 
 def _strategy(options: ProcessingOptions):
-    from .confounds import get_strategy
+    from .denoising import get_strategy
 
     return get_strategy(options.strategy, fd_threshold=options.fd_threshold,
                         std_dvars_threshold=options.dvars_threshold)
@@ -170,7 +170,7 @@ def _nanmean(x: np.ndarray) -> float:
 
 def _dvars_pct(raw: np.ndarray, residual: np.ndarray) -> tuple[float, float]:
     """Mean ROI-level DVARS before and after denoising, both in % of each ROI's mean signal."""
-    from .denoise import dvars
+    from .denoising import dvars
 
     scale = np.abs(raw.mean(axis=0))
     scale = np.where(scale > 0, scale, 1.0) / 100.0
@@ -298,8 +298,7 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
              output_dir: Path, mem_mb: int | None = None,
              atlas_index_dir: str | Path | None = None) -> list[RunResult]:
     from .atlases import place_atlas
-    from .confounds import load_confounds
-    from .denoise import clean_signals
+    from .denoising import clean_signals, load_confounds
     from .extract import (
         estimate_memory_mb,
         extract_roi_signals,

@@ -1,4 +1,4 @@
-"""bidsfm.clean (numpy/scipy cleaner) against nilearn.signal.clean, option by option."""
+"""bidsfm.denoising.steps (numpy/scipy cleaner) against nilearn.signal.clean, option by option."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bidsfm import clean as bc
+from bidsfm.denoising import steps as bc
 
 N_VOL = 80
 T_R = 2.0
@@ -120,7 +120,7 @@ def test_interpolation_fills_every_censored_volume():
 
 
 def test_module_does_not_import_nilearn():
-    code = ("import sys, numpy as np; from bidsfm.clean import clean; "
+    code = ("import sys, numpy as np; from bidsfm.denoising.steps import clean; "
             "x = np.random.default_rng(0).standard_normal((60, 3)); "
             "clean(x, t_r=2.0, confounds=x[:, :1] ** 2, sample_mask=np.arange(2, 60), "
             "low_pass=0.1, high_pass=0.01, standardize='psc'); "

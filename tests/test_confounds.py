@@ -1,4 +1,4 @@
-"""Tests for bidsfm.confounds: strategies and confound selection, judged against nilearn."""
+"""Tests for bidsfm.denoising: strategies and confound selection, judged against nilearn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bidsfm.confounds import (
+from bidsfm.denoising import (
     PRESETS,
     DenoiseStrategy,
     get_strategy,

@@ -1,4 +1,4 @@
-"""Tests for bidsfm.denoise, judged against nilearn.signal.clean and NiftiLabelsMasker."""
+"""Tests for bidsfm.denoising.signals, judged against nilearn.signal.clean and NiftiLabelsMasker."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bidsfm.denoise import clean_signals, dvars
+from bidsfm.denoising import clean_signals, dvars
 from bidsfm.errors import ConfigError, InputDataError
 
 N_VOL = 90

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from conftest import clone_dataset, run_cli
 
-from bidsfm.confounds import DenoiseStrategy, load_confounds
+from bidsfm.denoising import DenoiseStrategy, load_confounds
 from bidsfm.derivatives import ensure_dataset_description, input_generated_by
 from bidsfm.discovery import (
     TR_RANGE,

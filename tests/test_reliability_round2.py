@@ -404,7 +404,7 @@ def test_non_finite_roi_error_names_the_roi():
     column); the message gave a bare 0-based index."""
     import numpy as np
 
-    from bidsfm.denoise import clean_signals
+    from bidsfm.denoising import clean_signals
     from bidsfm.errors import InputDataError
 
     x = np.random.default_rng(0).normal(size=(50, 4))

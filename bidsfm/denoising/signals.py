@@ -1,8 +1,10 @@
 """Cleaning ROI time series: detrend, band-pass, confound regression, censoring, z-scoring.
 
-:func:`clean_signals` applies to region signals what ``NiftiLabelsMasker`` applies (the same
-steps as :func:`nilearn.signal.clean`, re-implemented with numpy/scipy in :mod:`bidsfm.clean`
-so that processing a run never imports nilearn), with three additions:
+:func:`clean_signals` is the one entry point of cleaning (as ``nilearn.signal.clean`` is
+nilearn's). It applies to region signals what ``NiftiLabelsMasker`` applies (the same steps as
+:func:`nilearn.signal.clean`, re-implemented with numpy/scipy in
+:mod:`bidsfm.denoising.steps` so that processing a run never imports nilearn), with three
+additions:
 
 * all-NaN ROI columns (low-coverage ROIs, written as ``n/a``) are set aside and come back
   all-NaN, without touching the other columns;
@@ -41,7 +43,7 @@ def clean_signals(
 ) -> np.ndarray:
     """Denoise ROI time series as ``NiftiLabelsMasker`` cleans its region signals.
 
-    Order (nilearn's, see :mod:`bidsfm.clean`): interpolate censored volumes (only when
+    Order (nilearn's, see :mod:`bidsfm.denoising.steps`): interpolate censored volumes (only when
     filtering), detrend signals and confounds, Butterworth band-pass both, drop censored
     volumes, regress out the (z-scored) confounds, standardize.
 
@@ -53,7 +55,7 @@ def clean_signals(
         Repetition time in seconds.
     confounds : pandas.DataFrame or numpy.ndarray, optional
         Regressors with one row per volume (all volumes, as from
-        :func:`bidsfm.confounds.load_confounds`).
+        :func:`bidsfm.denoising.load_confounds`).
     sample_mask : numpy.ndarray, optional
         Sorted int indices (or a boolean mask) of the volumes to keep. ``None`` keeps all.
     detrend : bool, default=True
@@ -116,7 +118,7 @@ def clean_signals(
 
     y = x[:, good]
     if low_pass is not None or high_pass is not None:
-        from .clean import butterworth_sos, min_samples_for_filter
+        from .steps import butterworth_sos, min_samples_for_filter
 
         span = int(mask[-1] - mask[0] + 1)
         need = min_samples_for_filter(butterworth_sos(t_r, low_pass, high_pass))
@@ -125,7 +127,7 @@ def clean_signals(
                 f"{span} volumes are too few for Butterworth filtering "
                 f"(low_pass={low_pass}, high_pass={high_pass}; at least {need} needed)",
                 remedy="Disable the band-pass filter for short runs, or exclude the run")
-    from .clean import clean
+    from .steps import clean
 
     cleaned = clean(y, t_r=t_r, confounds=conf,
                     sample_mask=None if mask.size == n_vol else mask, detrend=detrend,

@@ -1,4 +1,8 @@
-"""numpy/scipy signal cleaning, step for step what ``nilearn.signal.clean`` does.
+"""The steps of signal cleaning in numpy/scipy, one for one what ``nilearn.signal.clean`` does.
+
+These are the building blocks behind :func:`bidsfm.denoising.clean_signals`, the one entry
+point of cleaning, which checks its inputs and calls :func:`clean` here; :func:`clean` keeps
+nilearn's name because it re-implements (and is tested against) ``nilearn.signal.clean``.
 
 The per-run hot path (:func:`bidsfm.pipeline.process_run`) must not import nilearn (importing it
 costs more than a second per process, more than reading a compressed BOLD run). This module
@@ -278,7 +282,7 @@ def clean(signals: np.ndarray, *, t_r: float, confounds: np.ndarray | None = Non
           high_pass: float | None = None) -> np.ndarray:
     """Clean time series as ``nilearn.signal.clean`` does (Butterworth, z-scored confounds).
 
-    Inputs are assumed valid (:func:`bidsfm.denoise.clean_signals` checks them and handles
+    Inputs are assumed valid (:func:`bidsfm.denoising.clean_signals` checks them and handles
     all-NaN columns): finite values, ``sample_mask`` sorted unique indices, band edges inside
     ``(0, Nyquist)`` with ``high_pass < low_pass``, and enough volumes for the filter.
 

@@ -164,7 +164,7 @@ def _atlas_sentence(atlases: list[str], cite: _Cites) -> str:
 
 
 def _denoising(opts: dict[str, Any], cite: _Cites) -> str:
-    from ..confounds import get_strategy
+    from ..denoising import get_strategy
 
     spec = opts.get("strategy", "simple")
     try:
