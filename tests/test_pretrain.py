@@ -316,3 +316,13 @@ def test_cli_brainmass_writes_a_loadable_model_folder(tmp_path):
     assert model.card["pretraining"]["subjects"] == ids
     emb = model.embed(series[:2])
     assert emb.shape == (2, 8 * R) and np.isfinite(emb).all()
+
+
+def test_configs_round_trip_and_refuse_unknown_keys():
+    from bidsfm.models.training.configs import JEPAConfig
+
+    for cls, word in ((PretrainConfig, "pretraining"), (JEPAConfig, "JEPA")):
+        cfg = cls(epochs=2, seed=3)
+        assert cls.from_dict(cfg.to_dict()) == cfg
+        with pytest.raises(ConfigError, match=f"unknown {word} configuration keys: a, zz"):
+            cls.from_dict({**cfg.to_dict(), "zz": 1, "a": 2})

@@ -19,6 +19,14 @@ from ...errors import ConfigError
 __all__ = ["PretrainConfig", "JEPAConfig", "TangentPretrainConfig"]
 
 
+def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    """``cls(**d)``; keys that are not fields of ``cls`` raise ConfigError naming them."""
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {what} configuration keys: {', '.join(unknown)}")
+    return cls(**d)
+
+
 @dataclass
 class PretrainConfig:
     """Pretraining hyper-parameters.
@@ -93,10 +101,7 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
         """Build from :meth:`to_dict` output (unknown keys raise ConfigError)."""
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown pretraining configuration keys: {', '.join(unknown)}")
-        return cls(**d)
+        return _from_dict(cls, d, "pretraining")
 
 
 @dataclass
@@ -185,10 +190,7 @@ class JEPAConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JEPAConfig:
         """Inverse of :meth:`to_dict` (unknown keys raise ConfigError)."""
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown JEPA configuration keys: {', '.join(unknown)}")
-        return cls(**d)
+        return _from_dict(cls, d, "JEPA")
 
 
 @dataclass
