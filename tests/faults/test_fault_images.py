@@ -109,7 +109,7 @@ def test_run_on_another_grid_just_works(tmp_path, tiny_ds, capsys):
         assert_run_ok(case, i)
     ts = pd.read_csv(case.outputs(2)[0], sep="\t", na_values="n/a")
     assert ts.shape == (100 - case.runs[0]["n_nss"], 200)
-    cov = pd.read_csv(case.outputs(2)[2], sep="\t").iloc[0]
+    cov = pd.read_csv(case.outputs(2)[2], sep="\t", index_col="Node")["coverage"]
     assert (cov > 0.5).sum() > 150  # the 5 mm grid still covers the brain
     assert case.qc(2)["atlas_transform"] == case.qc(0)["atlas_transform"]
     assert_clean(case.out)
@@ -162,7 +162,7 @@ def test_atlas_labels_outside_brain(tmp_path, tiny_ds, capsys):
         ts = pd.read_csv(outs[0], sep="\t", na_values="n/a")
         assert list(ts.columns) == names
         assert ts[names[:2]].notna().all().all() and ts[names[2:]].isna().all().all()
-        cov = pd.read_csv(outs[2], sep="\t").iloc[0]
+        cov = pd.read_csv(outs[2], sep="\t", index_col="Node")["coverage"]
         assert list(cov.index) == names and (cov[names[2:]] == 0).all()
         fc = pd.read_csv(outs[3], sep="\t", index_col=0, na_values="n/a")
         assert fc.shape == (4, 4) and fc.loc[names[2:]].isna().all().all()
