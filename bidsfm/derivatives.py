@@ -538,13 +538,14 @@ grid, resampling, template transform or world coordinates) is in the run's own s
 ATLAS_DATASET = Path("sourcedata") / "atlases"
 
 
-def atlas_dataset_paths(output_dir: str | Path, atlas_name: str, template: str
-                        ) -> dict[str, Path]:
+def atlas_dataset_paths(output_dir: str | Path, atlas_name: str, template: str,
+                        suffix: str = "dseg") -> dict[str, Path]:
     """Files of one atlas in the output's BIDS-Atlas dataset (``sourcedata/atlases``):
-    ``atlas-<A>_description.json`` and ``tpl-<T>/anat/tpl-<T>_atlas-<A>_dseg.*`` (BIDS 1.11
-    atlas layout)."""
+    ``atlas-<A>_description.json`` and ``tpl-<T>/anat/tpl-<T>_atlas-<A>_<suffix>.*`` (BIDS 1.11
+    atlas layout; ``dseg`` for a label image, ``probseg`` for probabilistic maps)."""
     root = Path(output_dir) / ATLAS_DATASET
-    stem = root / f"tpl-{template}" / "anat" / f"tpl-{template}_{ATLAS_ENTITY}-{atlas_name}_dseg"
+    stem = (root / f"tpl-{template}" / "anat"
+            / f"tpl-{template}_{ATLAS_ENTITY}-{atlas_name}_{suffix}")
     return {"root": root,
             "description": root / f"atlas-{atlas_name}_description.json",
             "image": stem.with_name(stem.name + ".nii.gz"),
@@ -567,13 +568,16 @@ def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> P
     from filelock import FileLock
 
     template = atlas.template or run_space
-    paths = atlas_dataset_paths(output_dir, atlas.name, template)
     raw = Path(atlas.image).read_bytes()
+    probabilistic = getattr(atlas, "kind", "dseg") == "probseg"
+    paths = atlas_dataset_paths(output_dir, atlas.name, template,
+                                suffix="probseg" if probabilistic else "dseg")
     sha = hashlib.sha256(raw).hexdigest()
     meta = {"Atlas": atlas.name, "Template": template, "SpatialReference": template,
             "Source": str(atlas.source),
             "SHA256": sha, "NumberOfROIs": int(len(atlas.labels)),
             "Compressed": "as read" if raw[:2] == b"\x1f\x8b" else "gzipped by bidsfm",
+            **({"Labels": [str(n) for n in atlas.labels["name"]]} if probabilistic else {}),
             "Description": f"Label image of atlas {atlas.name} as read by bidsfm (the file "
                            "whose sha256 is given); each run's sidecars record how it was "
                            "placed on the run's grid."}
@@ -581,7 +585,8 @@ def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> P
         current = json.loads(paths["sidecar"].read_text())
     except (OSError, ValueError):
         current = None
-    if current == meta and paths["image"].is_file() and paths["labels"].is_file():
+    if current == meta and paths["image"].is_file() and (probabilistic
+                                                         or paths["labels"].is_file()):
         return paths["image"]
     root = paths["root"]
     root.mkdir(parents=True, exist_ok=True)
@@ -597,9 +602,10 @@ def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> P
             # the file as read (its sha256 is the one the runs' sidecars record); an
             # uncompressed .nii is gzipped (without name or time stamp)
             tmp.write_bytes(raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, mtime=0))
-        labels = atlas.labels[["index", "name"]]
-        with atomic_path(paths["labels"]) as tmp:
-            labels.to_csv(tmp, sep="\t", index=False)
+        if not probabilistic:  # (BIDS has no probseg .tsv: the map names are in the JSON)
+            labels = atlas.labels[["index", "name"]]
+            with atomic_path(paths["labels"]) as tmp:
+                labels.to_csv(tmp, sep="\t", index=False)
         write_json_atomic(paths["description"], {
             "Name": atlas.name, "SpatialReference": template,
             "ReferencesAndLinks": [str(atlas.source)],

@@ -104,3 +104,64 @@ def test_relmat_and_coverage_round_trip(tmp_path):
     assert cov.read_text().splitlines()[:2] == ["Node\tcoverage", "A\t1"]
     got_names, values = read_coverage(cov)
     assert got_names == names and np.allclose(values, [1.0, 0.25, 0.0])
+
+
+@dataclass
+class _Atlas:
+    name: str
+    image: object
+    labels: pd.DataFrame
+    template: str | None
+    source: str
+    kind: str = "dseg"
+
+
+def _validate(root):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("bids-validator-deno")
+    proc = subprocess.run([str(exe), "--json", str(root)], capture_output=True, text=True,
+                          timeout=300)
+    issues = json.loads(proc.stdout)["issues"]["issues"]
+    return [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
+
+
+def test_atlas_dataset_label_and_probabilistic(tmp_path):
+    """A label atlas without a template is filed under the run's space; 4D maps are a probseg
+    (names in the JSON, as BIDS has no probseg TSV); the dataset passes the validator."""
+    import hashlib
+    import json
+
+    import nibabel as nib
+
+    from bidsfm.derivatives import ATLAS_DATASET, write_atlas_dataset
+
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 4, size=(6, 7, 5)).astype(np.int16)
+    lab[0, 0, 0], lab[1, 0, 0], lab[2, 0, 0] = 1, 2, 3
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "mine.nii")
+    maps = rng.random((6, 7, 5, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(maps, np.eye(4)), tmp_path / "maps.nii.gz")
+    names = pd.DataFrame({"index": [1, 2, 3], "name": ["a", "b", "c"]})
+    out = tmp_path / "out"
+    img = write_atlas_dataset(out, _Atlas("Mine", tmp_path / "mine.nii", names, None, "user"),
+                              "MNI152NLin2009cAsym")
+    assert img.name == "tpl-MNI152NLin2009cAsym_atlas-Mine_dseg.nii.gz"
+    assert np.array_equal(np.asarray(nib.load(img).dataobj), lab)  # .nii gzipped, same data
+    side = json.loads(img.with_name(img.name.replace(".nii.gz", ".json")).read_text())
+    assert side["SHA256"] == hashlib.sha256((tmp_path / "mine.nii").read_bytes()).hexdigest()
+    prob = write_atlas_dataset(out, _Atlas("Maps", tmp_path / "maps.nii.gz", names,
+                                           "MNI152NLin6Asym", "user", kind="probseg"), "X")
+    assert prob.name == "tpl-MNI152NLin6Asym_atlas-Maps_probseg.nii.gz"
+    meta = json.loads(prob.with_name(prob.name.replace(".nii.gz", ".json")).read_text())
+    assert meta["Labels"] == ["a", "b", "c"]
+    assert not list(prob.parent.glob("*probseg.tsv"))
+    assert _validate(out / ATLAS_DATASET) == []
+    before = {p: p.stat().st_mtime_ns for p in (out / ATLAS_DATASET).rglob("*") if p.is_file()}
+    write_atlas_dataset(out, _Atlas("Maps", tmp_path / "maps.nii.gz", names,
+                                    "MNI152NLin6Asym", "user", kind="probseg"), "X")
+    after = {p: p.stat().st_mtime_ns for p in (out / ATLAS_DATASET).rglob("*") if p.is_file()}
+    assert before == after  # written once
