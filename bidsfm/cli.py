@@ -65,21 +65,14 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     """Eager callback: read a TOML/JSON/YAML config file into click's default map."""
     if not value:
         return value
+    from .errors import ConfigError
+    from .utils import read_config_file
+
     path = Path(value)
     try:
-        text = path.read_text()
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        raise click.BadParameter(f"{path}: cannot read config file ({exc})") from None
+        data = read_config_file(path)
+    except ConfigError as exc:
+        raise click.BadParameter(f"{path}: {exc.problem}") from None
     if isinstance(data, dict) and isinstance(data.get("bidsfm"), dict):
         data = data["bidsfm"]
     if not isinstance(data, dict):

@@ -211,14 +211,9 @@ def resolve_shared_data(shared_data: str | Path | None = None) -> Path | None:
     Path or None
         The directory if it holds ``atlases/CC200.nii.gz`` and the ABIDE time series, else None.
     """
-    if shared_data is not None:
-        cand: Path | None = Path(shared_data)
-    elif os.environ.get("BIDSFM_SHARED_DATA"):
-        cand = Path(os.environ["BIDSFM_SHARED_DATA"])
-    else:
-        cand = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if cand is None:
-        return None
+    from .utils import shared_data_dir
+
+    cand = shared_data_dir(shared_data)
     needed = [cand / "atlases" / "CC200.nii.gz", cand / "abide" / "cc200_timeseries.npz",
               cand / "abide" / "participants.tsv"]
     return cand.resolve() if all(p.is_file() for p in needed) else None

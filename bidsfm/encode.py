@@ -19,7 +19,6 @@ reason in the ``model_status``/``model_reason`` columns of their QC table.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -100,10 +99,9 @@ def _refuse_without_signal(todo: list, model, names: list[str], results: list
 
 def _input_hash(model_sha: str, fc_path: Path, extra: str = "") -> str:
     """Hash of the model, extra heads and the FC file's content (same in any output folder)."""
-    from .utils import sha256_file
+    from .utils import inputs_hash, sha256_file
 
-    key = f"{model_sha}|{sha256_file(fc_path)}" + (f"|{extra}" if extra else "")
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return inputs_hash(f"{model_sha}|{sha256_file(fc_path)}" + (f"|{extra}" if extra else ""))
 
 
 def _extra_heads_key(model) -> str:

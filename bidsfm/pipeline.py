@@ -7,7 +7,6 @@ atomically, the QC table last, so a killed job never leaves a run that looks com
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from . import __version__
 from .derivatives import bids_uri
 from .discovery import BoldRun
 from .errors import BidsfmError, ConfigError, InputDataError
-from .utils import write_json_atomic
+from .utils import inputs_hash, write_json_atomic
 
 LOGGER = logging.getLogger("bidsfm.pipeline")
 
@@ -123,7 +122,7 @@ def parameters_hash(run: BoldRun, atlas_ids: list[str], options: ProcessingOptio
     payload = json.dumps({"version": __version__, "options": options.to_dict(),
                           "atlases": atlas_ids, "tr": run.repetition_time, "files": stats},
                          sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return inputs_hash(payload)
 
 
 def output_paths(run: BoldRun, atlas_name: str, output_dir: str | Path) -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writing and hashing."""
+"""Small shared helpers: atomic file writing, hashing, config files, bidsfm's folders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -172,7 +174,120 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def inputs_hash(key: str) -> str:
+    """The ``ParametersHash`` of outputs: 16 hex digits of the sha256 of ``key``.
+
+    ``key`` names everything the outputs depend on (input files by size and time or by
+    content, options, versions); a rerun reuses outputs whose sidecar records the same hash.
+
+    Parameters
+    ----------
+    key : str
+        Text naming the inputs and options.
+
+    Returns
+    -------
+    str
+        The first 16 hexadecimal digits of ``sha256(key)``.
+    """
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def read_config_file(path: str | Path, what: str = "config file") -> Any:
+    """Parse a TOML (``.toml``), JSON (``.json``) or YAML (any other suffix) file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    what : str
+        How to call the file in an error (``plugin file``, ``config file``).
+
+    Returns
+    -------
+    Any
+        The parsed document (a mapping for the files bidsfm reads; callers check).
+
+    Raises
+    ------
+    ConfigError
+        When the file cannot be read or parsed: ``cannot read <what> (<reason>)``.
+    """
+    from .errors import ConfigError
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        if path.suffix == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as exc:  # OSError, UnicodeDecodeError, and each parser's own error type
+        raise ConfigError(f"cannot read {what} ({exc})", path=path) from None
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
+    """Build the dataclass ``cls`` from ``data``; keys that are not fields are an error.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass (its ``__post_init__`` validates the values).
+    data : dict
+        Field values, as written by the dataclass's ``to_dict``.
+    what : str
+        The configuration's name in the error (``BrainMass``, ``Brain-JEPA``).
+
+    Returns
+    -------
+    cls
+        The new instance.
+
+    Raises
+    ------
+    ConfigError
+        ``unknown <what> configuration keys: ...`` for keys that are not fields.
+    """
+    from dataclasses import fields
+
+    from .errors import ConfigError
+
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise ConfigError(f"unknown {what} configuration keys: {', '.join(unknown)}")
+    return cls(**data)
+
+
 def bidsfm_home() -> Path:
     """Return the bidsfm cache directory (``$BIDSFM_HOME``, default ``~/.cache/bidsfm``)."""
     env = os.environ.get("BIDSFM_HOME")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bidsfm"
+
+
+def shared_data_dir(shared_data: str | Path | None = None) -> Path:
+    """The folder of the real data used to build models, by tests and by benchmarks.
+
+    ``shared_data`` when given, else ``$BIDSFM_SHARED_DATA`` when set and not empty, else
+    ``../shared/data`` beside the repository. Nothing is checked: callers look for the files
+    they need (``atlases/CC200.nii.gz``, ``abide/cc200_timeseries.npz`` ...) and skip or stop
+    without them.
+
+    Parameters
+    ----------
+    shared_data : str or Path, optional
+        An explicit folder, never replaced by a default.
+
+    Returns
+    -------
+    Path
+        The folder (which may not exist).
+    """
+    if shared_data is not None:
+        return Path(shared_data)
+    env = os.environ.get("BIDSFM_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"

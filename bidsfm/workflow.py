@@ -10,7 +10,6 @@ the work folder's cache.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -285,7 +284,7 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
 
 
 def plugin_settings(nprocs: int, mem_mb: int | None, use_plugin: str | None) -> dict[str, Any]:
-    """Choose the Nipype plugin: a YAML/JSON plugin file, MultiProc, or Linear.
+    """Choose the Nipype plugin: a YAML/JSON/TOML plugin file, MultiProc, or Linear.
 
     A plugin file looks like::
 
@@ -295,18 +294,10 @@ def plugin_settings(nprocs: int, mem_mb: int | None, use_plugin: str | None) -> 
     """
     if use_plugin:
         from .errors import ConfigError
+        from .utils import read_config_file
 
         path = Path(use_plugin)
-        try:
-            text = path.read_text()
-            if path.suffix == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read plugin file ({exc})", path=path) from None
+        data = read_config_file(path, "plugin file")
         if not isinstance(data, dict) or "plugin" not in data:
             raise ConfigError("plugin file must have a 'plugin' key (e.g. plugin: SLURM)",
                               path=path)

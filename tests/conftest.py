@@ -12,8 +12,9 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 
 def _shared_data() -> Path | None:
-    env = os.environ.get("BIDSFM_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    from bidsfm.utils import shared_data_dir
+
+    path = shared_data_dir()
     return path if (path / "atlases" / "CC200.nii.gz").is_file() else None
 
 

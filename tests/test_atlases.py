@@ -31,13 +31,11 @@ from bidsfm.atlases import (
     store,
 )
 from bidsfm.errors import AtlasNotFoundError
+from bidsfm.utils import shared_data_dir
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 
-SHARED = Path(
-    os.environ.get("BIDSFM_SHARED_DATA")
-    or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+SHARED = shared_data_dir()
 SHARED_CC200 = SHARED / "atlases" / "CC200.nii.gz"
 needs_shared = pytest.mark.skipif(not SHARED_CC200.is_file(),
                                   reason=f"{SHARED_CC200} not available")

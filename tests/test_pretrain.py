@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,14 @@ from bidsfm.models.training.objective_brainmass import (  # noqa: E402
     make_views,
     pretrain,
 )
+from bidsfm.utils import shared_data_dir  # noqa: E402
 
 R = 20
 MODEL = BrainMassConfig(n_rois=R, n_layers=2, n_heads=4, ff_dim=32)
 
 
 def _shared_abide() -> Path | None:
-    env = os.environ.get("BIDSFM_SHARED_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    abide = root / "abide"
+    abide = shared_data_dir() / "abide"
     ok = (abide / "cc200_timeseries.npz").is_file() and (abide / "participants.tsv").is_file()
     return abide if ok else None
 

@@ -309,6 +309,36 @@ def test_plugin_files_accepted(name, plugin, key, tmp_path, monkeypatch):
     assert getattr(runner, f"_{key}") == args[key]
 
 
+@pytest.mark.parametrize(("name", "text", "words"), [
+    ("bad.yml", "plugin: SLURM\nplugin_args: {sbatch_args: [\n", "cannot read plugin file"),
+    ("bad.json", "{plugin: SLURM}", "cannot read plugin file"),
+    ("missing.yml", None, "cannot read plugin file"),
+    ("list.yml", "- SLURM\n", "must have a 'plugin' key"),
+])
+def test_bad_plugin_file_is_one_config_error(tmp_path, name, text, words):
+    """A YAML syntax error in --use-plugin is a one-line ConfigError (exit 2), like a JSON
+    one; it escaped as a yaml.YAMLError traceback (the reader caught only OSError/ValueError)."""
+    from bidsfm.errors import ConfigError
+    from bidsfm.workflow import plugin_settings
+
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=words) as info:
+        plugin_settings(1, None, str(path))
+    assert str(path) in info.value.one_line() and "\n" not in info.value.one_line()
+
+
+def test_toml_plugin_file(tmp_path):
+    """--use-plugin reads a .toml file as TOML (the --config-file reader)."""
+    from bidsfm.workflow import plugin_settings
+
+    path = tmp_path / "slurm.toml"
+    path.write_text('plugin = "SLURM"\n[plugin_args]\nsbatch_args = "--time=1:00:00"\n')
+    assert plugin_settings(1, None, str(path)) == {
+        "plugin": "SLURM", "plugin_args": {"sbatch_args": "--time=1:00:00"}}
+
+
 # -- Dockerfile and shell scripts: linters when installed, and the image's essentials ------------
 
 

@@ -224,12 +224,9 @@ def shared_abide(shared_data: str | Path | None = None) -> Path:
     ConfigError
         When the folder has no ``cc200_timeseries.npz``.
     """
-    import os
+    from ...utils import shared_data_dir
 
-    if shared_data is None:
-        env = os.environ.get("BIDSFM_SHARED_DATA")
-        shared_data = Path(env) if env else Path(__file__).resolve().parents[4] / "shared" / "data"
-    path = Path(shared_data)
+    path = shared_data_dir(shared_data)
     path = path / "abide" if (path / "abide").is_dir() else path
     if not (path / "cc200_timeseries.npz").is_file():
         raise ConfigError("ABIDE CC200 time series not found", path=path,
