@@ -66,6 +66,13 @@ def test_official_layouts_match_the_published_checkpoints():
         BrainJEPAConfig.official("huge")
 
 
+def test_config_from_dict_unknown_key_is_a_config_error():
+    """As BrainMass's and the tangent encoder's: a ConfigError naming the key (was ValueError)."""
+    assert BrainJEPAConfig.from_dict(CFG.to_dict()) == CFG
+    with pytest.raises(ConfigError, match="unknown Brain-JEPA configuration keys: n_roi\\.$"):
+        BrainJEPAConfig.from_dict({**CFG.to_dict(), "n_roi": 3})
+
+
 def _reference_forward(enc: BrainJEPAEncoder, x: torch.Tensor) -> torch.Tensor:
     """The architecture written out from the papers' description, with explicit softmax."""
     sd = {k: v.double() for k, v in enc.state_dict().items()}

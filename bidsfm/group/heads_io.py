@@ -15,28 +15,16 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models.heads import LinearHead
-
-WEIGHTS = "weights.safetensors"
-CARD = "card.json"
+from ..models.weights import CARD, WEIGHTS, read_weights, write_weights_folder
 
 
 def save_head(folder: str | Path, head: LinearHead, model_card: dict[str, Any],
               info: dict[str, Any]) -> Path:
     """Write ``weights.safetensors`` then ``card.json`` atomically; return the folder."""
-    from safetensors.numpy import save_file
-
-    from ..utils import atomic_path, sha256_file, write_json_atomic
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(head.to_tensors(), str(tmp))
     card = {"name": head.name, **head.meta(),
             "model": {k: model_card.get(k) for k in ("name", "version", "sha256")},
-            "embedding_size": int(len(head.mean)), **info,
-            "sha256": sha256_file(folder / WEIGHTS)}
-    write_json_atomic(folder / CARD, card)
-    return folder
+            "embedding_size": int(len(head.mean)), **info}
+    return write_weights_folder(folder, head.to_tensors(), card)
 
 
 def _head_folder(path: str | Path) -> Path:
@@ -100,23 +88,14 @@ def load_head(path: str | Path, model_card: dict[str, Any], name: str | None = N
     ConfigError
         If the card or weights are unreadable, corrupt, or for another model.
     """
-    from safetensors.numpy import load_file
-
-    from ..utils import sha256_file
-
     folder = _head_folder(path)
     card = read_head_card(folder)
     check_head_model(card, model_card, folder)
     weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise ConfigError("head weights are missing", path=weights)
-    if card.get("sha256") and sha256_file(weights) != card["sha256"]:
-        raise ConfigError("head weights do not match the card's sha256", path=weights,
-                          remedy="The file is corrupt; refit the head with the group level")
+    tensors = read_weights(folder, card, "head", remedy="Refit the head with the group level")
     try:
-        tensors = load_file(str(weights))
         head = LinearHead.from_tensors(card["name"], tensors, card)
-    except Exception as exc:  # never fall back to pickle
+    except Exception as exc:  # tensors missing or of the wrong shape for the card
         raise ConfigError(f"cannot read the head weights ({type(exc).__name__}: {exc})",
                           path=weights) from None
     size = model_card.get("embedding_size")

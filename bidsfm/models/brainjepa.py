@@ -47,7 +47,7 @@ not inject all-zero tokens. With every ROI valid the computation is the official
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -154,12 +154,10 @@ class BrainJEPAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BrainJEPAConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown BrainJEPAConfig keys: {', '.join(unknown)}")
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`~bidsfm.errors.ConfigError`."""
+        from ..utils import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "Brain-JEPA")
 
     @classmethod
     def official(cls, size: str = "base") -> BrainJEPAConfig:

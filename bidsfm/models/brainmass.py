@@ -41,7 +41,7 @@ tell which ROI it should reconstruct; the ROI identity vector removes that limit
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -117,11 +117,9 @@ class BrainMassConfig:
         -------
         BrainMassConfig
         """
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown BrainMass configuration keys: {', '.join(unknown)}")
-        return cls(**d)
+        from ..utils import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "BrainMass")
 
     @classmethod
     def official(cls, n_rois: int = 100) -> BrainMassConfig:

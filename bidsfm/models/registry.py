@@ -18,11 +18,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from .heads import BINARY, LinearHead
+from .weights import CARD, WEIGHTS, read_weights, write_weights_folder
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 DEFAULT_MODEL = "bidsfmfc"
-WEIGHTS = "weights.safetensors"
-CARD = "card.json"
 
 
 def list_models() -> list[str]:
@@ -318,7 +317,7 @@ class TimeSeriesModel:
         try:
             cfg = BrainJEPAConfig.from_dict(card["encoder_config"])
             cls_spec_check = card["input"]["target_tr"], card["input"]["n_frames"]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"card lacks a valid encoder_config / input section ({exc})",
                               path=path) from None
         if int(cls_spec_check[1]) != cfg.n_frames:
@@ -472,10 +471,6 @@ def even_grid(ts: np.ndarray, retained: list[int] | None) -> np.ndarray:
 
 def _read_model_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Card and tensors of a model folder (sha256 checked, safetensors only)."""
-    from safetensors.numpy import load_file
-
-    from ..utils import sha256_file
-
     try:
         card = json.loads((folder / CARD).read_text())
     except (OSError, ValueError) as exc:
@@ -484,22 +479,8 @@ def _read_model_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarr
     atlas = card.get("atlas") if isinstance(card, dict) else None
     if isinstance(atlas, dict) and atlas.get("user_file"):  # relative to the card's folder
         atlas["user_file"] = str(Path(folder).absolute() / Path(str(atlas["user_file"])))
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise ConfigError("model weights are missing", path=weights,
-                          remedy="Reinstall bidsfm or restore the model folder")
-    digest = sha256_file(weights)
-    if card.get("sha256") and card["sha256"] != digest:
-        raise ConfigError(f"weights sha256 {digest[:12]}... does not match the card's "
-                          f"{str(card['sha256'])[:12]}...", path=weights,
-                          remedy="The file is corrupt or from another model; reinstall it")
-    try:
-        tensors = load_file(str(weights))
-    except Exception as exc:  # SafetensorError, OSError, ValueError: never fall back to pickle
-        raise ConfigError(f"weights are not a valid safetensors file ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''})", path=weights,
-                          remedy="bidsfm only loads safetensors; restore the model's "
-                                 "weights.safetensors") from None
+    tensors = read_weights(folder, card, "model", remedy="Restore the model's "
+                           "weights.safetensors (reinstall bidsfm or the model folder)")
     return card, tensors
 
 
@@ -582,12 +563,6 @@ def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[Li
     ``gradients``, the (R, G) ROI gradients of a Brain-JEPA model). ``heads`` may be empty
     (imported encoders have none).
     """
-    from safetensors.numpy import save_file
-
-    from ..utils import atomic_path, sha256_file, write_json_atomic
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"encoder.{k}": v.detach().cpu().float().contiguous().numpy()
                for k, v in encoder.state_dict().items()}
     for head in heads:
@@ -596,11 +571,6 @@ def save_model(folder: str | Path, card: dict[str, Any], encoder, heads: list[Li
         tensors["reference.fc"] = np.ascontiguousarray(reference_fc, dtype=np.float32)
     for key, value in (extra_tensors or {}).items():
         tensors[key] = np.ascontiguousarray(value, dtype=np.float32)
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
-    card = dict(card)
-    card["heads"] = {h.name: h.meta() for h in heads}
-    card["sha256"] = sha256_file(folder / WEIGHTS)
-    write_json_atomic(folder / CARD, card)
-    return folder
+    return write_weights_folder(folder, tensors,
+                                {**card, "heads": {h.name: h.meta() for h in heads}})
 

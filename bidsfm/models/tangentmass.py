@@ -27,7 +27,7 @@ participant's connectivity has in common across pipelines.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -94,11 +94,10 @@ class TangentMassConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TangentMassConfig:
         """Build from :meth:`to_dict` output; unknown keys raise ConfigError."""
-        d = {k: v for k, v in d.items() if k != "kind"}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown tangent encoder configuration keys: {', '.join(unknown)}")
-        return cls(**d)
+        from ..utils import dataclass_from_dict
+
+        return dataclass_from_dict(cls, {k: v for k, v in d.items() if k != "kind"},
+                                   "tangent encoder")
 
 
 class TangentMassEncoder(nn.Module):
