@@ -11,20 +11,13 @@ Each has ``to_dict`` (JSON-serialisable, stored in the model card's ``pretrainin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ...errors import ConfigError
+from ...utils import dataclass_from_dict
 
 __all__ = ["PretrainConfig", "JEPAConfig", "TangentPretrainConfig"]
-
-
-def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
-    """``cls(**d)``; keys that are not fields of ``cls`` raise ConfigError naming them."""
-    unknown = sorted(set(d) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ConfigError(f"unknown {what} configuration keys: {', '.join(unknown)}")
-    return cls(**d)
 
 
 @dataclass
@@ -101,7 +94,7 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
         """Build from :meth:`to_dict` output (unknown keys raise ConfigError)."""
-        return _from_dict(cls, d, "pretraining")
+        return dataclass_from_dict(cls, d, "pretraining")
 
 
 @dataclass
@@ -190,7 +183,7 @@ class JEPAConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JEPAConfig:
         """Inverse of :meth:`to_dict` (unknown keys raise ConfigError)."""
-        return _from_dict(cls, d, "JEPA")
+        return dataclass_from_dict(cls, d, "JEPA")
 
 
 @dataclass
