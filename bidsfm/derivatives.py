@@ -62,6 +62,8 @@ MODEL_OUTPUT_TAILS: dict[str, str] = {
 }
 #: tail of a run's figure in ``sub-X/figures/`` after ``<run>_space-<S>_atlas-<A>``
 FIGURE_TAIL = "_desc-{model}_attention.png"
+#: tail of the atlas-placement figure in ``sub-X/figures/`` (parcel borders on the run's mask)
+PLACEMENT_FIGURE_TAIL = "_desc-placement_bold.png"
 #: the entity naming the parcellation in output names (BIDS 1.11, XCP-D 0.10+)
 ATLAS_ENTITY = "atlas"
 _LABEL = re.compile(r"[A-Za-z0-9]+")
@@ -124,6 +126,13 @@ def figure_path(run: Any, model: str, atlas: str, output_dir: str | Path) -> Pat
     base = _run_base(run, atlas, output_dir)
     return (Path(output_dir) / f"sub-{run.entities['subject']}" / "figures"
             / (base.name + FIGURE_TAIL.format(model=model)))
+
+
+def placement_figure_path(run: Any, atlas: str, output_dir: str | Path) -> Path:
+    """``sub-X/figures/<run>_space-<S>_atlas-<A>_desc-placement_bold.png``."""
+    base = _run_base(run, atlas, output_dir)
+    return (Path(output_dir) / f"sub-{run.entities['subject']}" / "figures"
+            / (base.name + PLACEMENT_FIGURE_TAIL))
 
 
 def sibling_output(path: str | Path, kind: str) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +65,14 @@ class LabelProjection:
         Number of in-mask voxels per ROI.
     n_total : np.ndarray
         Number of voxels per ROI on the run grid (inside or outside the mask).
+    labels : np.ndarray or None
+        The 3D label image on the run grid it was built from (for the placement figure).
     """
 
     roi_of_voxel: np.ndarray
     n_in_mask: np.ndarray
     n_total: np.ndarray
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def coverage(self) -> np.ndarray:
@@ -211,7 +214,8 @@ def project_labels(labels: np.ndarray, label_values: np.ndarray, mask: np.ndarra
     n_total = np.bincount(pos_all.ravel(order="F"), minlength=n_roi + 1)[:n_roi]
     roi_of_voxel = pos_all.ravel(order="F")[mask.ravel(order="F")]
     n_in_mask = np.bincount(roi_of_voxel, minlength=n_roi + 1)[:n_roi]
-    return LabelProjection(roi_of_voxel=roi_of_voxel, n_in_mask=n_in_mask, n_total=n_total)
+    return LabelProjection(roi_of_voxel=roi_of_voxel, n_in_mask=n_in_mask, n_total=n_total,
+                           labels=labels)
 
 
 def project_maps(maps, mask: np.ndarray) -> MapsProjection:

@@ -179,7 +179,8 @@ def _dvars_pct(raw: np.ndarray, residual: np.ndarray) -> tuple[float, float]:
 def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path, *,
                 dataset_name: str = "preprocessed", atlases: list | None = None,
                 mem_mb: int | None = None,
-                atlas_index_dir: str | Path | None = None) -> list[RunResult]:
+                atlas_index_dir: str | Path | None = None,
+                figures: bool = True) -> list[RunResult]:
     """Process one BOLD run for every requested atlas and write its derivatives.
 
     Parameters
@@ -202,6 +203,9 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         Cache of atlases resampled onto run grids (``<work dir>/atlas_index``, see
         :func:`bidsfm.atlases.resample_labels`): runs on a grid an earlier run had read the
         atlas index from there. Not part of the options: it does not change the outputs.
+    figures : bool
+        Draw each atlas's placement on the run (``sub-X/figures/…_desc-placement_bold.png``,
+        Pillow only); ``--no-figures`` turns it off. Not part of the options.
 
     Returns
     -------
@@ -230,7 +234,7 @@ def process_run(run: BoldRun, options: ProcessingOptions, output_dir: str | Path
         if todo:
             results += _process(run, todo, options, all_paths, phash, dataset_name,
                                 Path(output_dir), mem_mb=mem_mb,
-                                atlas_index_dir=atlas_index_dir)
+                                atlas_index_dir=atlas_index_dir, figures=figures)
         return results
     except BidsfmError as err:
         if err.path is None:  # e.g. a filter error: name the run it happened on
@@ -295,7 +299,8 @@ def _write_failure(paths: dict[str, Path], run: BoldRun, atlas_name: str, messag
 def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
              all_paths: dict[str, dict[str, Path]], phash: str, dataset_name: str,
              output_dir: Path, mem_mb: int | None = None,
-             atlas_index_dir: str | Path | None = None) -> list[RunResult]:
+             atlas_index_dir: str | Path | None = None,
+             figures: bool = True) -> list[RunResult]:
     from .atlases import place_atlas
     from .denoising import clean_signals, load_confounds
     from .extract import (
@@ -358,6 +363,16 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
                                        target_space=run.space, cache_dir=atlas_index_dir)
         projections.append(projection)
         transforms.append(info)
+        if figures and getattr(projection, "labels", None) is not None:
+            from .derivatives import placement_figure_path
+            from .reports.placement import write_placement_figure
+
+            try:  # a picture must never fail the run
+                write_placement_figure(placement_figure_path(run, atlas.name, output_dir),
+                                       projection.labels, mask, img.affine)
+            except Exception as exc:  # noqa: BLE001
+                LOGGER.warning("%s: atlas placement figure not drawn (%s: %s)", run.bold,
+                               type(exc).__name__, exc)
     raw_all = extract_roi_signals(run.bold, mask, projections, img=img)
 
     results = []

@@ -40,6 +40,8 @@ class _ProcessRunInputSpec(BaseInterfaceInputSpec):
     mem_mb = traits.Int(0, usedefault=True,
                         desc="memory available (--mem-mb); 0 = no check. Kept out of the "
                              "processing options: it does not change the outputs")
+    figures = traits.Bool(True, usedefault=True,
+                          desc="draw each atlas's placement on the run (False: --no-figures)")
     atlas_index_dir = traits.Str("", usedefault=True,
                                  desc="cache of atlases resampled onto run grids (<work "
                                       "dir>/atlas_index); empty = no cache")
@@ -73,7 +75,8 @@ class ProcessRun(SimpleInterface):
             results = process_run(run, options, self.inputs.output_dir,
                                   dataset_name=self.inputs.dataset_name,
                                   mem_mb=self.inputs.mem_mb or None,
-                                  atlas_index_dir=self.inputs.atlas_index_dir or None)
+                                  atlas_index_dir=self.inputs.atlas_index_dir or None,
+                                  figures=self.inputs.figures)
         self._results["results"] = [
             {"run": r.run, "atlas": r.atlas, "status": r.status, "reason": r.reason}
             for r in results
@@ -233,7 +236,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         node = pe.Node(ProcessRun(run=run.to_dict(), options=opts, output_dir=str(output_dir),
                                   dataset_name=dataset_name, omp_nthreads=omp_nthreads,
                                   mem_mb=int(mem_mb or 0),
-                                  atlas_index_dir=str(atlas_index_dir or "")),
+                                  atlas_index_dir=str(atlas_index_dir or ""),
+                                  figures=bool(figures)),
                        name=_node_name(run, i), mem_gb=_estimate_mem_gb(run),
                        n_procs=omp_nthreads)
         wf.add_nodes([node])

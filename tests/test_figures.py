@@ -207,3 +207,41 @@ def test_model_stage_figure_without_nilearn(tmp_path):
     assert path.parent == tmp_path / "sub-01" / "figures"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+def test_placement_figure_orientation_and_outside_voxels():
+    """Parcel borders on the mask, neurological orientation (left on the left) whatever the
+    grid's axis order, parcel voxels outside the mask in red; Pillow only."""
+    import io
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from bidsfm.reports.placement import OUTSIDE, placement_png
+
+    shape = (20, 24, 18)
+    mask = np.zeros(shape, bool)
+    mask[3:17, 3:21, 3:15] = True
+    labels = np.zeros(shape, np.int16)
+    labels[11:16, 8:16, 6:12] = 1  # world x < 0 in the LAS grid below: the left hemisphere
+    labels[12:16, 8:16, 1:5] = 2   # left too, partly below the mask: red voxels
+    las = np.array([[-2.0, 0, 0, 20], [0, 2, 0, -24], [0, 0, 2, -18], [0, 0, 0, 1]])
+    png = placement_png(labels, mask, las)
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    # panels 10 px per voxel (220 px / 24 voxels, rounded up): sagittal 24 x 10 = 240 px wide,
+    # a 6 px gap, then the coronal panel, 20 x 10 = 200 px wide
+    coronal = rgb[:, 246:446]
+    coloured = (np.abs(coronal - coronal.mean(axis=2, keepdims=True)).sum(axis=2) > 60)
+    cols = np.nonzero(coloured.any(axis=0))[0]
+    assert cols.size and cols.max() < coronal.shape[1] * 0.5  # parcels on the left half
+    assert (np.abs(rgb - np.array(OUTSIDE)).sum(axis=2) < 10).any()  # red: outside the mask
+    # the same volume in RAS order gives the same picture
+    ras = np.array([[2.0, 0, 0, -18], [0, 2, 0, -24], [0, 0, 2, -18], [0, 0, 0, 1]])
+    png2 = placement_png(labels[::-1], mask[::-1], ras)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png2))), np.asarray(
+        Image.open(io.BytesIO(png))))
+    code = ("import numpy as np, sys\nfrom bidsfm.reports.placement import placement_png\n"
+            "placement_png(np.ones((4,4,4),int), np.ones((4,4,4),bool), np.eye(4))\n"
+            "assert 'matplotlib' not in sys.modules and 'nilearn' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

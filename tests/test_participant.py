@@ -261,3 +261,16 @@ def test_foreign_output_dataset_refused(tmp_path, tiny_ds, capsys):
     code, log = run_cli([tiny_ds["root"], out, "participant", "--participant-label", "03",
                          "-w", tmp_path / "w"], capsys)
     assert code == 2 and "XCP-D" in log
+
+
+def test_atlas_placement_figure_in_report(full_run, tiny_ds):
+    """Issue 14: the subject report shows where the atlas landed on each run's mask."""
+    out = full_run["out"]
+    for run in tiny_ds["runs"]:
+        base = _expected(run, out)[0].name.replace("_stat-mean_timeseries.tsv", "")
+        png = out / f"sub-{run['subject']}" / "figures" / f"{base}_desc-placement_bold.png"
+        assert png.read_bytes().startswith(b"\x89PNG"), png
+    text = (out / "sub-01.html").read_text(encoding="utf-8")
+    n_runs = sum(r["subject"] == "01" for r in tiny_ds["runs"])
+    assert text.count('alt="atlas placement"') == n_runs
+    assert "parcel voxels outside the mask in red" in text

@@ -72,8 +72,8 @@ def test_redraw_figures_from_statmaps(participant_out, tmp_path):  # noqa: F811
     """The attention PNGs come back from the statmaps; nothing else is touched."""
     out = _copy(participant_out, tmp_path)
     figures_dir = out / "sub-01" / "figures"
-    names = sorted(p.name for p in figures_dir.glob("*.png"))
-    assert len(names) == 2  # the two ok runs
+    names = sorted(p.name for p in figures_dir.glob("*_attention.png"))
+    assert len(names) == 2  # the two ok runs (placement figures are drawn while processing)
     shutil.rmtree(figures_dir)
     before = _files(out)
     written, problems = redraw_figures(out, "sub-01")

@@ -19,6 +19,7 @@ from ..derivatives import (
     ATLAS_ENTITY,
     FIGURE_TAIL,
     MODEL_OUTPUT_TAILS,
+    PLACEMENT_FIGURE_TAIL,
     RUN_OUTPUT_TAILS,
     output_base,
 )
@@ -318,6 +319,14 @@ def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str,
                              f"mask; {int((vals < thr).sum())} ROI(s) below {thr:g}."))
     else:
         figs.append(h.note(problem or "coverage table is empty", "warn"))
+    subject_dir = next((p for p in run.base.parents if p.name.startswith("sub-")), None)
+    png_path = (subject_dir / "figures" / (run.base.name + PLACEMENT_FIGURE_TAIL)
+                if subject_dir else None)
+    if png_path is not None and png_path.is_file():
+        how = qc.get("atlas_transform") or "see the QC table"
+        figs.append(h.figure_file(png_path, "atlas placement", f"Atlas {run.atlas} on this "
+                                  "run's grid: brain mask in grey, parcel borders in colour, "
+                                  f"parcel voxels outside the mask in red. Placement: {how}."))
     return figs
 
 
