@@ -20,11 +20,22 @@ positive label (or a larger value). Missing (n/a) ROIs get NaN.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
+
+#: Path points per forward pass: memory stays that of ``DEFAULT_CHUNK`` points whatever ``steps``.
+DEFAULT_CHUNK = 8
+
+#: A head for :func:`integrated_gradients_heads`: one linear head for every run, or one per run
+#: (e.g. the predicted class of a multi-class head).
+HeadSpec = Any
 
 
 def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32,
-                         baseline: np.ndarray | None = None) -> np.ndarray:
+                         baseline: np.ndarray | None = None,
+                         chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     """Per-ROI integrated-gradients attribution of ``head`` for a batch of FC matrices.
 
     Parameters
@@ -39,6 +50,8 @@ def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32,
         Riemann steps along the straight path from the baseline (midpoint rule).
     baseline : np.ndarray, optional
         (R, R) baseline FC; default the model's reference FC (zeros if it has none).
+    chunk : int
+        Path points per forward pass.
 
     Returns
     -------
@@ -46,80 +59,188 @@ def integrated_gradients(model, fc: np.ndarray, head: str, steps: int = 32,
         (B, R) attributions; rows sum (over valid ROIs) to ``head(fc) - head(baseline)`` up to
         the integration error.
     """
-    import torch
-
-    lin = model.heads[head]
-    x = model._fc_tensor(fc).float()
-    from bidsfm.models.brainmass import infer_valid_rois
-
-    valid = infer_valid_rois(x)
-    if hasattr(model.encoder, "embed_tangent"):
-        return _integrated_gradients_tangent(model, x, valid, lin, steps, baseline)
-    x0 = torch.nan_to_num(x, nan=0.0)
-    if baseline is None:
-        baseline = getattr(model, "reference_fc", None)
-    base = (torch.zeros_like(x0[0]) if baseline is None
-            else torch.nan_to_num(torch.as_tensor(np.asarray(baseline), dtype=x0.dtype,
-                                                  device=x0.device), nan=0.0))
-    alphas = (torch.arange(steps, dtype=torch.float32, device=x.device) + 0.5) / steps
-    total = torch.zeros_like(x0)
-    encoder = model.encoder
-    for b in range(x0.shape[0]):
-        delta = x0[b] - base
-        path = (base[None] + alphas[:, None, None] * delta[None]).requires_grad_(True)
-        vmask = valid[b][None].expand(steps, -1)
-        emb = encoder.embed(path, valid=vmask)
-        out = lin.decision_torch(emb.double()).sum()
-        (grad,) = torch.autograd.grad(out, path)
-        total[b] = grad.mean(dim=0) * delta
-    scores = total.sum(dim=2).detach().cpu().numpy().astype(np.float64)
-    scores[~valid.cpu().numpy()] = np.nan
-    return scores
+    return integrated_gradients_heads(model, fc, {head: model.heads[head]}, steps=steps,
+                                      baseline=baseline, chunk=chunk)[head]
 
 
-def _integrated_gradients_tangent(model, x, valid, lin, steps: int, baseline) -> np.ndarray:
-    """Integrated gradients of a tangent-space encoder, integrated in tangent space.
+def integrated_gradients_heads(model, fc: np.ndarray, heads: Mapping[str, HeadSpec],
+                               steps: int = 32, baseline: np.ndarray | None = None,
+                               chunk: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+    """Integrated gradients of several linear heads from shared forward passes.
 
-    The path runs from the baseline's tangent matrix (the zero matrix for the model's own
-    reference, the default) to the run's tangent FC, so no gradient flows through the
-    eigendecompositions of the tangent map (unstable for the repeated eigenvalues of short
-    runs' FC). An ROI's score is the sum of its row's attributions; the scores sum to
-    ``head(run) - head(baseline)``.
+    Every head is linear on the embedding ``g(x)``: ``f_h = w_h . g(x) + b_h``, so its input
+    gradient is the vector-Jacobian product ``J_g(x)^T w_h``. One forward pass of a chunk of
+    path points ``x0 + alpha (x - x0)`` therefore serves all heads, each with one backward pass
+    (``w_h`` as the output gradient); the result equals one integrated-gradients run per head
+    up to float32 round-off. The path is walked ``chunk`` points at a time, so memory does not
+    grow with ``steps``.
+
+    Parameters
+    ----------
+    model : FoundationModel
+        Encoder + heads.
+    fc : np.ndarray
+        (B, R, R) or (R, R) Pearson FC, NaN rows for missing ROIs.
+    heads : mapping
+        Output name -> a :class:`~bidsfm.models.heads.LinearHead` (binary or regression; the
+        same for every run) or a sequence of B such heads (one per run, e.g. the class head of
+        each run's predicted class).
+    steps : int
+        Riemann steps (midpoint rule).
+    baseline : np.ndarray, optional
+        (R, R) baseline FC; default the model's reference FC (zeros if it has none).
+    chunk : int
+        Path points per forward pass.
+
+    Returns
+    -------
+    dict
+        Output name -> (B, R) float64 attributions (NaN for missing ROIs).
     """
     import torch
 
+    from bidsfm.models.brainmass import infer_valid_rois
+
+    x = model._fc_tensor(fc).float()
+    valid = infer_valid_rois(x)
     encoder = model.encoder
-    xm = x.masked_fill(~valid[:, :, None] | ~valid[:, None, :], float("nan"))
-    t = encoder.tangent(xm).float()
-    if baseline is None:
-        base = torch.zeros_like(t[0])
+    if hasattr(encoder, "embed_tangent"):
+        # integrated in tangent space, from the baseline's tangent matrix (the zero matrix for
+        # the model's own reference, the default) to the run's: no gradient flows through the
+        # eigendecompositions of the tangent map (unstable for the repeated eigenvalues of
+        # short runs' FC)
+        xm = x.masked_fill(~valid[:, :, None] | ~valid[:, None, :], float("nan"))
+        ends = encoder.tangent(xm).float()
+        if baseline is None:
+            base = torch.zeros_like(ends[0])
+        else:
+            b = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=ends.device)[None]
+            base = encoder.tangent(b).float()[0]
+        embed = encoder.embed_tangent
     else:
-        b = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=t.device)[None]
-        base = encoder.tangent(b).float()[0]
-    alphas = (torch.arange(steps, dtype=torch.float32, device=t.device) + 0.5) / steps
-    total = torch.zeros_like(t)
-    for b in range(t.shape[0]):
-        delta = t[b] - base
-        path = (base[None] + alphas[:, None, None] * delta[None]).requires_grad_(True)
-        emb = encoder.embed_tangent(path, valid[b][None].expand(steps, -1))
-        (grad,) = torch.autograd.grad(lin.decision_torch(emb.double()).sum(), path)
-        total[b] = grad.mean(dim=0) * delta
-    scores = total.sum(dim=2).detach().cpu().numpy().astype(np.float64)
-    scores[~valid.cpu().numpy()] = np.nan
-    return scores
+        ends = torch.nan_to_num(x, nan=0.0)
+        if baseline is None:
+            baseline = getattr(model, "reference_fc", None)
+        base = (torch.zeros_like(ends[0]) if baseline is None
+                else torch.nan_to_num(torch.as_tensor(np.asarray(baseline), dtype=ends.dtype,
+                                                      device=ends.device), nan=0.0))
+
+        def embed(path, vmask):
+            return encoder.embed(path, valid=vmask)
+
+    names = list(heads)
+    vectors = head_vectors([heads[n] for n in names], ends.shape[0], ends.device)
+    total = torch.zeros((len(names), *ends.shape), dtype=ends.dtype, device=ends.device)
+    for b in range(ends.shape[0]):
+        delta = ends[b] - base
+        vmask = valid[b][None]
+        grads = path_gradient_sums(lambda p, vm=vmask: embed(p, vm.expand(len(p), -1)),
+                                   base, delta, vectors[:, b], steps, chunk)
+        total[:, b] = grads / steps * delta
+    missing = ~valid.cpu().numpy()
+    out = {}
+    for k, name in enumerate(names):
+        scores = total[k].sum(dim=2).detach().cpu().numpy().astype(np.float64)
+        scores[missing] = np.nan
+        out[name] = scores
+    return out
+
+
+def head_vectors(heads: Sequence[HeadSpec], n_runs: int, device) -> Any:
+    """Output gradients ``d head / d embedding`` of linear heads, per head and run.
+
+    Computed by autograd through the head's own :meth:`decision_torch` (float64, as the heads
+    are evaluated), so the vector is the exact float32 gradient that reaches the embedding
+    when a head is differentiated directly.
+
+    Parameters
+    ----------
+    heads : sequence
+        Per output: a linear head, or a sequence of ``n_runs`` heads (one per run).
+    n_runs : int
+        Number of runs B.
+    device : str or torch.device
+        Where the vectors live.
+
+    Returns
+    -------
+    torch.Tensor
+        (H, B, E) float32.
+    """
+    import torch
+
+    cache: dict[int, Any] = {}
+
+    def vector(head):
+        if id(head) not in cache:
+            dim = np.asarray(head.mean).shape[-1]
+            e = torch.zeros((1, dim), dtype=torch.float32, device=device, requires_grad=True)
+            (g,) = torch.autograd.grad(head.decision_torch(e.double()).sum(), e)
+            cache[id(head)] = g[0]
+        return cache[id(head)]
+
+    rows = []
+    for spec in heads:
+        if hasattr(spec, "decision_torch"):
+            rows.append(vector(spec)[None].expand(n_runs, -1))
+        else:
+            if len(spec) != n_runs:
+                raise ValueError(f"expected one head per run ({n_runs}), got {len(spec)}")
+            rows.append(torch.stack([vector(h) for h in spec]))
+    if not rows:
+        return torch.zeros((0, n_runs, 0), dtype=torch.float32, device=device)
+    return torch.stack(rows)
+
+
+def path_gradient_sums(embed: Callable[[Any], Any], start, delta, vectors, steps: int,
+                       chunk: int = DEFAULT_CHUNK) -> Any:
+    """Sum over the midpoint path ``start + alpha delta`` of each head's input gradient.
+
+    Parameters
+    ----------
+    embed : callable
+        (n, ...) path points -> (n, E) embeddings (differentiable).
+    start, delta : torch.Tensor
+        Start of the path and its direction, the input's shape.
+    vectors : torch.Tensor
+        (H, E) output gradients of the heads (:func:`head_vectors`).
+    steps : int
+        Path points, ``alpha = (k + 0.5) / steps``.
+    chunk : int
+        Path points per forward pass; each pass is followed by one backward pass per head.
+
+    Returns
+    -------
+    torch.Tensor
+        (H, ...) sums over the path points of ``d head / d input`` (divide by ``steps`` and
+        multiply by ``delta`` for the attributions).
+    """
+    import torch
+
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n_heads = vectors.shape[0]
+    alphas = (torch.arange(steps, dtype=torch.float32, device=delta.device) + 0.5) / steps
+    sums = torch.zeros((n_heads, *delta.shape), dtype=delta.dtype, device=delta.device)
+    if n_heads == 0:
+        return sums
+    shape = (-1,) + (1,) * delta.ndim
+    for s in range(0, steps, chunk):
+        a = alphas[s:s + chunk].view(shape)
+        path = (start[None] + a * delta[None]).requires_grad_(True)
+        emb = embed(path)
+        for h in range(n_heads):
+            (grad,) = torch.autograd.grad(emb, path, grad_outputs=vectors[h].expand_as(emb),
+                                          retain_graph=h < n_heads - 1)
+            sums[h] += grad.sum(dim=0)
+    return sums
 
 
 def integrated_gradients_timeseries(model, inputs, head: str, steps: int = 32,
-                                    chunk: int = 16) -> np.ndarray:
+                                    chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     """Per-ROI integrated-gradients attribution of ``head`` for a time-series model.
 
-    For each window of a run, integrated gradients (Sundararajan et al. 2017) of the head's
-    logit (binary) or value (regression) with respect to the (ROI x time) input, along the
-    straight path from the all-zero baseline (every ROI at its run mean after z-scoring) to the
-    window; an ROI's score is the sum of its time points' attributions. Because the run's
-    embedding is the mean of its windows' embeddings and the head is linear, the run's scores
-    are the mean of its windows' scores, and they sum (over valid ROIs) to
-    ``head(run) - head(baseline)`` up to the integration error. Missing ROIs get NaN.
+    One head of :func:`integrated_gradients_timeseries_heads`.
 
     Parameters
     ----------
@@ -132,33 +253,65 @@ def integrated_gradients_timeseries(model, inputs, head: str, steps: int = 32,
     steps : int
         Riemann steps (midpoint rule).
     chunk : int
-        Path points per forward/backward pass.
+        Path points per forward pass.
 
     Returns
     -------
     np.ndarray
         (n_runs, R) float64.
     """
+    return integrated_gradients_timeseries_heads(model, inputs, {head: model.heads[head]},
+                                                 steps=steps, chunk=chunk)[head]
+
+
+def integrated_gradients_timeseries_heads(model, inputs, heads: Mapping[str, HeadSpec],
+                                          steps: int = 32, chunk: int = DEFAULT_CHUNK
+                                          ) -> dict[str, np.ndarray]:
+    """Per-ROI integrated-gradients attribution of several heads for a time-series model.
+
+    For each window of a run, integrated gradients (Sundararajan et al. 2017) of each head's
+    logit (binary) or value (regression) with respect to the (ROI x time) input, along the
+    straight path from the all-zero baseline (every ROI at its run mean after z-scoring) to the
+    window; an ROI's score is the sum of its time points' attributions. Because the run's
+    embedding is the mean of its windows' embeddings and the head is linear, the run's scores
+    are the mean of its windows' scores, and they sum (over valid ROIs) to
+    ``head(run) - head(baseline)`` up to the integration error. Missing ROIs get NaN. All heads
+    share each forward pass (see :func:`integrated_gradients_heads`).
+
+    Parameters
+    ----------
+    model : TimeSeriesModel
+        Encoder + heads.
+    inputs : PreparedRuns
+        From :meth:`TimeSeriesModel.prepare` / ``read_inputs``.
+    heads : mapping
+        Output name -> a linear head, or a sequence of one head per run.
+    steps : int
+        Riemann steps (midpoint rule).
+    chunk : int
+        Path points per forward pass.
+
+    Returns
+    -------
+    dict
+        Output name -> (n_runs, R) float64.
+    """
     import torch
 
-    lin = model.heads[head]
     encoder = model.encoder
     device = next(encoder.parameters()).device
-    alphas = (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps
-    out = np.full((len(inputs.runs), inputs.n_rois), np.nan)
+    names = list(heads)
+    vectors = head_vectors([heads[n] for n in names], len(inputs.runs), device)
+    out = {n: np.full((len(inputs.runs), inputs.n_rois), np.nan) for n in names}
     for i, (windows, valid) in enumerate(inputs.runs):
         v = torch.from_numpy(np.asarray(valid, dtype=bool)).to(device)
-        total = torch.zeros(windows.shape[1], dtype=torch.float64, device=device)
+        total = torch.zeros((len(names), windows.shape[1]), dtype=torch.float64, device=device)
         for w in torch.from_numpy(np.asarray(windows, dtype=np.float32)).to(device):
-            grad_sum = torch.zeros_like(w)
-            for s in range(0, steps, chunk):
-                a = alphas[s:s + chunk]
-                path = (a[:, None, None] * w[None]).requires_grad_(True)
-                emb = encoder.embed(path, v[None].expand(len(a), -1))
-                (grad,) = torch.autograd.grad(lin.decision_torch(emb.double()).sum(), path)
-                grad_sum += grad.sum(dim=0)
-            total += (grad_sum / steps * w).sum(dim=1).double()
+            grads = path_gradient_sums(lambda p, v=v: encoder.embed(p, v[None].expand(len(p), -1)),
+                                       torch.zeros_like(w), w, vectors[:, i], steps, chunk)
+            total += (grads / steps * w).sum(dim=2).double()
         scores = (total / windows.shape[0]).detach().cpu().numpy()
-        scores[~np.asarray(valid, dtype=bool)] = np.nan
-        out[i] = scores
+        scores[:, ~np.asarray(valid, dtype=bool)] = np.nan
+        for k, name in enumerate(names):
+            out[name][i] = scores[k]
     return out
