@@ -375,7 +375,7 @@ def test_fresh_clone_without_shared_data_or_network(tmp_path):
     an empty cache and every socket refused: atlas resolution and the generator still work and
     plant the ABIDE-derived FC in CC200."""
     clone = tmp_path / "clone"
-    src = Path(demo.__file__).resolve().parent
+    src = Path(demo.__file__).resolve().parents[1]  # the bidsfm package (demo/ is in it)
     shutil.copytree(src, clone / "bidsfm", ignore=shutil.ignore_patterns(
         "__pycache__", "models", "archive"))  # the demo needs neither the models nor archive
     assert not (tmp_path / "shared").exists()

@@ -1,0 +1,5 @@
+"""``python -m bidsfm.demo``: the same as ``bidsfm-demo``."""
+
+from .cli import main
+
+main()
