@@ -17,7 +17,12 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError
-from .utils import atomic_path, write_json_atomic, write_text_atomic
+from .utils import (
+    write_bytes_atomic,
+    write_frame_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 BIDS_VERSION = "1.11.0"
 
@@ -281,9 +286,7 @@ def write_coverage(path: str | Path, names: Sequence[str], coverage: np.ndarray)
 
     frame = pd.DataFrame({"Node": list(names),
                           "coverage": np.asarray(coverage, dtype=np.float64)})
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.8g")
-    return Path(path)
+    return write_frame_atomic(path, frame, na_rep="n/a", float_format="%.8g")
 
 
 def write_tsv_atomic(path: str | Path, data: np.ndarray, columns: Sequence[str], *,
@@ -306,9 +309,7 @@ def write_tsv_atomic(path: str | Path, data: np.ndarray, columns: Sequence[str],
     frame = pd.DataFrame(np.asarray(data), columns=list(columns))
     if index is not None:
         frame.insert(0, index_name, list(index))
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.8g")
-    return Path(path)
+    return write_frame_atomic(path, frame, na_rep="n/a", float_format="%.8g")
 
 
 def code_url() -> str:
@@ -607,14 +608,13 @@ def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> P
                                      "GeneratedBy": [generated_by()]})
             write_text_atomic(root / "README.md", ATLAS_README)
         paths["image"].parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(paths["image"]) as tmp:
-            # the file as read (its sha256 is the one the runs' sidecars record); an
-            # uncompressed .nii is gzipped (without name or time stamp)
-            tmp.write_bytes(raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, mtime=0))
+        # the file as read (its sha256 is the one the runs' sidecars record); an
+        # uncompressed .nii is gzipped (without name or time stamp)
+        write_bytes_atomic(paths["image"],
+                           raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, mtime=0))
         if not probabilistic:  # (BIDS has no probseg .tsv: the map names are in the JSON)
             labels = atlas.labels[["index", "name"]]
-            with atomic_path(paths["labels"]) as tmp:
-                labels.to_csv(tmp, sep="\t", index=False)
+            write_frame_atomic(paths["labels"], labels)
         write_json_atomic(paths["description"], {
             "Name": atlas.name, "SpatialReference": template,
             "ReferencesAndLinks": [str(atlas.source)],

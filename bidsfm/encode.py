@@ -30,7 +30,7 @@ import numpy as np
 from .derivatives import bids_uri
 from .discovery import BoldRun
 from .pipeline import output_paths
-from .utils import atomic_path, write_json_atomic
+from .utils import atomic_path, write_bytes_atomic, write_frame_atomic, write_json_atomic
 
 LOGGER = logging.getLogger("bidsfm.encode")
 
@@ -199,8 +199,7 @@ def _record_in_qc(res: dict[str, Any], model_name: str) -> None:
     # writes: the QC table says "ok" either way, so a resumed job equals a clean one
     table["model_status"] = "ok" if res["status"] == "reused" else res["status"]
     table["model_reason"] = res.get("reason") or "n/a"
-    with atomic_path(qc) as tmp:
-        table.replace("", "n/a").to_csv(tmp, sep="\t", index=False)
+    write_frame_atomic(qc, table.replace("", "n/a"))
 
 
 def _encode(runs, model, output_dir, attention_steps, batch_size, figures, results):
@@ -273,9 +272,9 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
     for i, (run, mpaths, fc_path, phash, qc_path) in enumerate(todo):
         write_tsv_atomic(mpaths["embedding"], emb[i][None, :], emb_cols)
         rows = [_prediction_row(model.heads[h], h, preds[h][i]) for h in heads]
-        with atomic_path(mpaths["predictions"]) as tmp:
-            pd.DataFrame(rows, columns=["head", "value", "probability", "probability_of"]
-                         ).to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+        write_frame_atomic(mpaths["predictions"], pd.DataFrame(
+            rows, columns=["head", "value", "probability", "probability_of"]),
+            float_format="%.6g", na_rep="n/a")
         att = np.stack([attr[h][i] for h in heads]) if heads else np.zeros((0, len(names)))
         write_tsv_atomic(mpaths["attention"], att.T, heads, index=names, index_name="name")
         statmap = _write_statmap(run, model, att, heads, mpaths)
@@ -358,9 +357,7 @@ def _write_figure(statmap, heads: list[str], run: BoldRun, model_name: str, atla
     remove_stale_temps(path.parent, run.prefix)
     png = glass_brain_png(np.asarray(statmap.dataobj), statmap.affine, heads,
                           f"ROI attribution ({model_name})")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(png)
-    return path
+    return write_bytes_atomic(path, png)
 
 
 def _remove_figure(run: BoldRun, model_name: str, atlas: str, output_dir: str | Path) -> None:

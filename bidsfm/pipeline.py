@@ -271,11 +271,10 @@ def _qc_row(**values: Any) -> dict[str, Any]:
 def _write_qc(paths: dict[str, Path], row: dict[str, Any], meta: dict[str, Any]) -> None:
     import pandas as pd
 
-    from .utils import atomic_path
+    from .utils import write_frame_atomic
 
-    with atomic_path(paths["qc"]) as tmp:
-        pd.DataFrame([row], columns=QC_COLUMNS).to_csv(tmp, sep="\t", index=False,
-                                                       na_rep="n/a", float_format="%.6g")
+    write_frame_atomic(paths["qc"], pd.DataFrame([row], columns=QC_COLUMNS), na_rep="n/a",
+                       float_format="%.6g")
     write_json_atomic(paths["qc_json"], meta)
 
 

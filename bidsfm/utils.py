@@ -15,6 +15,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """Create ``.<stem>.<random>.tmp<suffixes>`` beside ``path`` (see :data:`TEMP_NAME`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.",
+                               suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+    return fd, Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -34,12 +42,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         that libraries choosing a format by extension still work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".tmp" + suffix,
-                               dir=path.parent)
+    fd, tmp_path = _temp_beside(path)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)
@@ -116,11 +120,41 @@ def remove_stale_temps(folder: str | Path, prefix: str = "", *, recursive: bool 
     return n
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, then rename); return the path.
+
+    The content is complete before the temporary file is created, so the file exists only for
+    one write and a rename: a job killed meanwhile (SIGKILL) almost never leaves one behind,
+    and a left one is removed by the next run (:func:`remove_stale_temps`). Prefer this (or
+    :func:`write_text_atomic`, :func:`write_frame_atomic`) to :func:`atomic_path` whenever the
+    content can be rendered in memory.
+    """
+    path = Path(path)
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_frame_atomic(path: str | Path, frame: Any, **to_csv: Any) -> Path:
+    """Write a pandas DataFrame as a TSV (no index) atomically, rendered in memory first.
+
+    ``to_csv`` are further :meth:`pandas.DataFrame.to_csv` options (``na_rep``,
+    ``float_format``); returns the path.
+    """
+    return write_text_atomic(path, frame.to_csv(sep="\t", index=False, **to_csv))
 
 
 def json_safe(obj: Any) -> Any:

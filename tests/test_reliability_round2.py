@@ -572,3 +572,24 @@ def test_every_write_is_under_output_or_work(tmp_path, tiny_ds):
     outside = sorted({(event, p) for event, p in writes if p != os.devnull
                       and not any(entry(p).is_relative_to(a) for a in allowed)})
     assert outside == [], outside
+
+
+def test_write_bytes_atomic_renders_first_and_cleans_up(tmp_path, monkeypatch):
+    """Content rendered in memory is written in one go; a failed rename leaves neither the
+    final file nor a temporary one (the TSV writers render their tables first, so a temporary
+    file exists only for one write and a rename)."""
+    import pandas as pd
+
+    from bidsfm import utils
+
+    target = tmp_path / "sub-01_x.tsv"
+    utils.write_frame_atomic(target, pd.DataFrame({"a": [1.0, float("nan")]}), na_rep="n/a")
+    assert target.read_text() == "a\n1.0\nn/a\n"
+
+    def fail(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(utils.os, "replace", fail)
+    with pytest.raises(OSError):
+        utils.write_bytes_atomic(tmp_path / "sub-01_y.tsv", b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub-01_x.tsv"]
