@@ -765,7 +765,7 @@ def _exact_preproc(path: str | Path) -> bool:
     user's own file for fMRIPrep's.
     """
     name = Path(path).name
-    if not _PREPROC_RE.match(name):
+    if not _PREPROC_RE.fullmatch(name):
         return False
     parsed = _bids_stem_entities(name)
     return parsed is not None and parsed[0].get("desc") == "preproc"
