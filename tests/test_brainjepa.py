@@ -281,6 +281,34 @@ def test_integrated_gradients_complete_and_nan_for_missing(tiny_model):
     assert np.nansum(att) == pytest.approx(gap, rel=0.02, abs=1e-4)
 
 
+def test_attributions_of_all_heads_equal_per_head_reference(tiny_model):
+    """All heads from shared, chunked forward passes = one head at a time with every path
+    point in one pass (the earlier computation), to float32 round-off."""
+    model = tiny_model[0]
+    rng = np.random.default_rng(6)
+    runs = [rng.standard_normal((50, R)), rng.standard_normal((70, R))]
+    runs[1][:, 2] = np.nan
+    prepared = model.prepare(runs, [2.0, 2.0])
+    got = model.attributions(prepared, steps=12)
+    for name, head in model.heads.items():
+        ref = np.full((2, R), np.nan)
+        alphas = (torch.arange(12, dtype=torch.float32) + 0.5) / 12
+        for i, (windows, valid) in enumerate(prepared.runs):
+            v = torch.from_numpy(valid)
+            total = np.zeros(R)
+            for w in torch.from_numpy(windows.astype(np.float32)):
+                path = (alphas[:, None, None] * w[None]).requires_grad_(True)
+                emb = model.encoder.embed(path, v[None].expand(12, -1))
+                (grad,) = torch.autograd.grad(head.decision_torch(emb.double()).sum(), path)
+                total += (grad.mean(dim=0) * w).sum(dim=1).double().numpy()
+            ref[i, valid] = (total / len(windows))[valid]
+        assert np.array_equal(np.isnan(got[name]), np.isnan(ref))
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5,
+                                   atol=1e-5 * np.nanmax(np.abs(ref)))
+    with pytest.raises(ConfigError, match="baseline"):
+        model.attributions(prepared, steps=4, baseline=np.zeros((R, R)))
+
+
 # -------------------------------------------------------------------------- participant level
 @pytest.fixture(scope="module", params=["mean", "connectivity"])
 def cc200_ts_model(request, tmp_path_factory):

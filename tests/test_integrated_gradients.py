@@ -153,3 +153,74 @@ def test_real_abide_run_equals_reference(model, shared_data):
     got = model.attributions(fc, steps=16)
     for name, head in model.heads.items():
         _assert_close(got[name], _reference(model, fc, head, 16))
+
+
+def _multiclass_head(model, fcs):
+    """A 3-class head whose predicted class is 0 for run 0 and 1 for run 1."""
+    from bidsfm.models.heads import MULTICLASS, LinearHead
+
+    emb = model.encode(fcs).astype(np.float64)
+    direction = emb[0] - emb[1]
+    coef = np.stack([direction, -direction, np.zeros_like(direction)])
+    return LinearHead("m", MULTICLASS, ["a", "b", "c"], (emb[0] + emb[1]) / 2,
+                      np.ones(emb.shape[1]), coef, np.zeros(3))
+
+
+def test_participant_level_attributes_each_runs_predicted_class(model, fcs):
+    """encode: every head in one call; a multi-class head's attribution is that of each run's
+    predicted class (its centred logit)."""
+    import dataclasses
+
+    from bidsfm.encode import _head_attributions
+
+    multi = _multiclass_head(model, fcs)
+    two = dataclasses.replace(model, heads={"age": model.heads["age"], "m": multi})
+    preds = two.head_outputs(two.encode(fcs))
+    assert list(preds["m"].argmax(axis=1)) == [0, 1]
+    got = _head_attributions(two, fcs, preds, steps=8)
+    assert list(got) == ["age", "m"]
+    _assert_close(got["age"], _reference(model, fcs, model.heads["age"], 8))
+    for b in range(2):
+        _assert_close(got["m"][b], _reference(model, fcs[b:b + 1], multi.class_head(b), 8)[0])
+
+
+def test_group_attention_of_a_multiclass_head(model, fcs, tmp_path):
+    """Group level: all class heads of a participant's runs from shared passes, equal to each
+    class head's own attribution averaged over the runs."""
+    from bidsfm.derivatives import read_relmat, write_tsv_atomic
+    from bidsfm.group.attention import head_attention
+
+    names = model.roi_names
+    paths = [write_tsv_atomic(tmp_path / f"run{b}.tsv", fcs[b], names, index=names)
+             for b in range(2)]
+    back = np.stack([read_relmat(p, names)[1].astype(np.float32) for p in paths])
+    multi = _multiclass_head(model, fcs)
+    res = head_attention(model, multi, {"sub-1": paths}, steps=8)
+    assert res["n_runs"] == 2 and res["n_participants"] == 1
+    per_class = []
+    for k, label in enumerate(multi.labels):
+        ref = np.nanmean(_reference(model, back, multi.class_head(k), 8), axis=0)
+        _assert_close(res["columns"][f"attention_{label}"], ref)
+        per_class.append(ref)
+    _assert_close(res["columns"]["attention"],
+                  np.sqrt(np.nanmean(np.square(per_class), axis=0)))
+
+
+def test_attention_imports_no_sympy():
+    """The heads' vectors enter as a scalar's gradient, not as ``grad_outputs``: torch checks
+    an explicit output gradient with its symbolic-shape module, whose first import (sympy)
+    cost about 0.5 s of every participant job (a run without missing ROIs)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from bidsfm.models.registry import load_model\n"
+            "from bidsfm.demo import bundled_target_corr\n"
+            "import torch; torch.set_num_threads(1)\n"
+            "m = load_model(); fc = bundled_target_corr().astype(np.float32)[None]\n"
+            "m.encode(fc); m.attributions(fc, steps=2)\n"
+            "print(sorted(k for k in ('sympy', 'torch.fx.experimental.symbolic_shapes')"
+            " if k in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -230,7 +230,9 @@ def path_gradient_sums(embed: Callable[[Any], Any], start, delta, vectors, steps
         path = (start[None] + a * delta[None]).requires_grad_(True)
         emb = embed(path)
         for h in range(n_heads):
-            (grad,) = torch.autograd.grad(emb, path, grad_outputs=vectors[h].expand_as(emb),
+            # a scalar whose gradient w.r.t. the embedding is exactly the head's vector; an
+            # explicit grad_outputs tensor would make torch import sympy (0.5 s) on first use
+            (grad,) = torch.autograd.grad((emb * vectors[h]).sum(), path,
                                           retain_graph=h < n_heads - 1)
             sums[h] += grad.sum(dim=0)
     return sums
