@@ -122,7 +122,7 @@ STAGES = {
                 "ensure_dataset_description", "_record_in_qc"],
     "model": ["load_model", "read_fc", "FoundationModel.encode", "FoundationModel.head_outputs",
               "TimeSeriesModel.encode"],
-    "attention": ["_head_attribution", "_write_statmap"],
+    "attention": ["_head_attributions", "_write_statmap"],
     "figures": ["_write_figure", "glass_brain_png", "carpet", "matrix", "coverage"],
     "reports": ["write_subject_report", "write_citation"],
 }

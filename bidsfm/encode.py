@@ -127,22 +127,22 @@ def _prediction_row(head, name: str, value) -> dict[str, Any]:
             "probability_of": np.nan}
 
 
-def _head_attribution(model, fcs: np.ndarray, name: str, preds: np.ndarray,
-                      steps: int) -> np.ndarray:
-    """(B, R) attribution; for a multi-class head, of each run's predicted class."""
-    import dataclasses
-
+def _head_attributions(model, fcs, preds: dict[str, np.ndarray],
+                       steps: int) -> dict[str, np.ndarray]:
+    """(B, R) attribution of every head, all heads from shared forward passes
+    (:meth:`FoundationModel.attributions`); for a multi-class head, of each run's predicted
+    class."""
     from .models.heads import MULTICLASS
 
-    head = model.heads[name]
-    if head.kind != MULTICLASS:
-        return model.attribution(fcs, name, steps=steps)
-    out = np.full((fcs.shape[0], fcs.shape[1]), np.nan)
-    pred = np.asarray(preds).argmax(axis=1)
-    for k in np.unique(pred):
-        tmp = dataclasses.replace(model, heads={"_k": head.class_head(int(k))})
-        out[pred == k] = tmp.attribution(fcs[pred == k], "_k", steps=steps)
-    return out
+    spec: dict[str, Any] = {}
+    for name, head in model.heads.items():
+        if head.kind == MULTICLASS:
+            classes = {int(k): head.class_head(int(k))
+                       for k in np.unique(np.asarray(preds[name]).argmax(axis=1))}
+            spec[name] = [classes[int(k)] for k in np.asarray(preds[name]).argmax(axis=1)]
+        else:
+            spec[name] = head
+    return model.attributions(fcs, spec, steps=steps) if spec else {}
 
 
 def _complete(paths: dict[str, Path], phash: str) -> bool:
@@ -256,7 +256,7 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
     emb = model.encode(fcs, batch_size=batch_size)
     preds = model.head_outputs(emb)
     heads = list(model.heads)
-    attr = {h: _head_attribution(model, fcs, h, preds[h], attention_steps) for h in heads}
+    attr = _head_attributions(model, fcs, preds, attention_steps)
     # per-ROI embeddings (FC model, connectivity readout) are ROI-major: <ROI>_<k> columns;
     # a pooled embedding (mean readout) has no ROI, whatever its width
     # (edge embeddings of tangent models: <ROI a>--<ROI b> columns, named by the encoder)

@@ -5,12 +5,12 @@ the head applied to each run's embedding; the integrated-gradients attribution o
 model's own machinery, :mod:`bidsfm.models.attention`, with the model's reference-FC baseline)
 is averaged over the participant's runs, then over participants. At most ``max_participants``
 participants are used (evenly spaced over the sorted labelled participants, so the figure is
-deterministic), because attribution costs one forward and backward pass per integration step.
+deterministic), because attribution costs one forward pass per integration step (shared by the
+classes of a multi-class head) and one backward pass per step and class.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -64,13 +64,12 @@ def head_attention(model, head: LinearHead, fc_by_participant: dict[str, list[Pa
     for _pid, paths in sorted(fc_by_participant.items()):
         fcs = np.stack([read_relmat(p, names)[1].astype(np.float32) for p in paths])
         n_runs += len(paths)
-        for key, h in heads.items():
-            tmp = dataclasses.replace(model, heads={"_group": dataclasses.replace(h,
-                                                                                 name="_group")})
-            att = tmp.attribution(fcs, "_group", steps=steps)
+        # all (class) heads from shared forward passes
+        atts = model.attributions(fcs, heads, steps=steps)
+        for key in heads:
             with warnings.catch_warnings():  # an ROI missing in every run stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
-                per_head[key].append(np.nanmean(att, axis=0))
+                per_head[key].append(np.nanmean(atts[key], axis=0))
     cols: dict[str, np.ndarray] = {}
     for key, rows in per_head.items():
         arr = np.vstack(rows) if rows else np.full((0, len(names)), np.nan)
