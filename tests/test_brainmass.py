@@ -202,3 +202,48 @@ def test_embed_fc_numpy_helper():
     with torch.no_grad():
         np.testing.assert_allclose(out, enc.embed(torch.as_tensor(fc)).numpy(), atol=1e-5)
     assert embed_fc(enc, fc[0]).shape == (8 * R,)
+
+
+def test_attributions_of_all_heads_equal_per_head_reference():
+    """A Pearson-FC (non-tangent) encoder: every head from shared, chunked passes equals one
+    head at a time with all path points in one pass (from the reference FC), to float32
+    round-off, and each head's scores sum to head(run) - head(reference)."""
+    from bidsfm.models.heads import BINARY, CONTINUOUS, LinearHead
+    from bidsfm.models.registry import FoundationModel
+
+    enc = tiny(readout_dim=2)
+    dim = 2 * R
+    rng = np.random.default_rng(3)
+    heads = {"d": LinearHead("d", BINARY, ["a", "b"], rng.normal(size=dim) * 0.1,
+                             rng.uniform(0.5, 2, dim), rng.normal(size=dim), 0.2),
+             "v": LinearHead("v", CONTINUOUS, [], np.zeros(dim), np.ones(dim),
+                             rng.normal(size=dim), 1.0)}
+    card = {"name": "t", "atlas": {"name": "X", "roi_names": [f"r{i}" for i in range(R)]},
+            "input": {"min_volumes": 10}}
+    fc = random_fc(2, seed=4).numpy().astype(np.float32)
+    fc[1, 3, :] = fc[1, :, 3] = np.nan
+    reference = random_fc(1, seed=5).numpy()[0]
+    model = FoundationModel(card=card, encoder=enc, heads=heads, reference_fc=reference)
+    got = model.attributions(fc, steps=64)
+    x = torch.from_numpy(fc)
+    valid = infer_valid_rois(x)
+    x0, base = torch.nan_to_num(x, nan=0.0), torch.from_numpy(reference.astype(np.float32))
+    alphas = (torch.arange(64, dtype=torch.float32) + 0.5) / 64
+    for name, head in heads.items():
+        ref = np.empty((2, R))
+        for b in range(2):
+            delta = x0[b] - base
+            path = (base[None] + alphas[:, None, None] * delta[None]).requires_grad_(True)
+            emb = enc.embed(path, valid=valid[b][None].expand(64, -1))
+            (grad,) = torch.autograd.grad(head.decision_torch(emb.double()).sum(), path)
+            ref[b] = (grad.mean(dim=0) * delta).sum(dim=1).numpy()
+        ref[~valid.numpy()] = np.nan
+        assert np.array_equal(np.isnan(got[name]), np.isnan(ref))
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5,
+                                   atol=1e-5 * np.nanmax(np.abs(ref)))
+        with torch.no_grad():
+            emb_run = enc.embed(x0, valid=valid).numpy()
+            emb_base = enc.embed(base[None].expand(2, -1, -1), valid=valid).numpy()
+        gap = head.decision(emb_run) - head.decision(emb_base)
+        np.testing.assert_allclose(np.nansum(got[name], axis=1), gap,
+                                   atol=0.02 * np.abs(gap).max() + 1e-4)
