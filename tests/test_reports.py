@@ -279,8 +279,9 @@ def test_subject_report_content(participant_out):
     assert normalize_subject("01") == normalize_subject("sub-01") == "01"
     text = path.read_text(encoding="utf-8")
     checker = check_html(text)
-    # two ok runs: carpet, FC, coverage, glass brain each; the skipped run has none
-    assert len(checker.imgs) == 8
+    # two ok runs: carpet, FC, coverage, atlas placement, glass brain each; the skipped run
+    # has none
+    assert len(checker.imgs) == 10
     assert all(i["src"].startswith("data:image/png;base64,") for i in checker.imgs)
     assert text.count('alt="carpet plot"') == 2 and text.count('alt="FC matrix"') == 2
     assert text.count('alt="attention glass brain"') == 2
@@ -469,7 +470,7 @@ def test_reports_render_in_chromium(participant_out, group_out, tmp_path):
     if not subject.is_file():
         subject = write_subject_report(participant_out, "01")
     group = write_group_report(group_out)
-    for report, expected in ((subject, 8), (group, 6)):
+    for report, expected in ((subject, 10), (group, 6)):
         n, bad = images_loaded(report, tmp_path)
         assert (n, bad) == (expected, 0), report
     screenshot(subject, tmp_path / "report_sub-01.png", tmp_path)

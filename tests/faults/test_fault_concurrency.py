@@ -31,6 +31,7 @@ def test_parallel_participant_jobs(tmp_path, tiny_ds):
         for path in run_outputs(out, run):
             assert path.is_file(), path
     top = sorted(p.name for p in out.iterdir())
-    assert top == [".dataset_description.json.lock", "dataset_description.json", "logs",
-                   "sub-01", "sub-01.html", "sub-02", "sub-02.html", "sub-03", "sub-03.html"]
+    assert top == [".bidsignore", ".dataset_description.json.lock", "README.md",
+                   "dataset_description.json", "logs", "sourcedata", "sub-01", "sub-01.html",
+                   "sub-02", "sub-02.html", "sub-03", "sub-03.html"]
     assert_clean(out)

@@ -48,7 +48,9 @@ def test_older_bidsfm_output_accepted_and_updated(tmp_path, tiny_ds, capsys):
     code, log = case.cli(capsys=capsys)
     assert code == 0, log
     new = json.loads(desc.read_text())
-    assert new["GeneratedBy"][0] == {"Name": "bidsfm", "Version": bidsfm.__version__}
+    assert {k: new["GeneratedBy"][0][k] for k in ("Name", "Version")} == {
+        "Name": "bidsfm", "Version": bidsfm.__version__}
+    assert new["GeneratedBy"][0]["CodeURL"]
     assert [g["Name"] for g in new["GeneratedBy"]][1:] == ["fMRIPrep"]
     assert new["Name"] == "my study"
     assert new["DatasetLinks"]["atlases"] == "/data/atlases"

@@ -53,7 +53,8 @@ def test_atlas_name_cannot_escape_output(tmp_path, tiny_ds, capsys):
         assert_run_ok(case, run, "evil")
     assert {p.name for p in case.out.iterdir()} <= {"dataset_description.json",
                                                    ".dataset_description.json.lock", "sub-03",
-                                                   "sub-03.html", "logs"}
+                                                   "sub-03.html", "logs", ".bidsignore",
+                                                   "README.md", "sourcedata"}
     assert_clean(case.out)
 
 
