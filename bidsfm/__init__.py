@@ -1,3 +1,3 @@
 """bidsfm: brain-network foundation models on fMRIPrep derivatives."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
