@@ -101,6 +101,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("bidsfm").setLevel(logging.INFO)
+    from bidsfm.config import build_config
     from bidsfm.group.run import run_group_level
     from bidsfm.models.registry import load_model
 
@@ -110,10 +111,10 @@ def main() -> None:
         bids, out, n = build_outputs(root, args.shared_data, args.device, args.max_subjects)
         t_build = time.time() - t0
         t1 = time.time()
-        code = run_group_level(bids, out, target=("diagnosis",), group_column="site",
-                               reference="diagnosis=TC", model="auto",
-                               attention_participants=args.attention_participants,
-                               n_bootstrap=1000, device=args.device)
+        code = run_group_level(build_config(bids, out, "group", {
+            "target": ("diagnosis",), "group_column": "site", "reference": "diagnosis=TC",
+            "model": "auto", "attention_participants": args.attention_participants,
+            "n_bootstrap": 1000, "device": args.device}))
         t_group = time.time() - t1
         g = out / "group"
         m = json.loads((g / "target-diagnosis" / "metrics.json").read_text())

@@ -78,8 +78,8 @@ def _refuse_without_signal(todo: list, model, names: list[str], results: list
     prediction about nothing; its QC table says why instead (``model_status`` skipped).
     Returns the runs kept and their FC matrices (read once, reused by FC models).
     """
-    need = float(model.card.get("input", {}).get("min_valid_roi_fraction",
-                                                 DEFAULT_MIN_VALID_ROI_FRACTION))
+    need = float(model.card.input.get("min_valid_roi_fraction",
+                                      DEFAULT_MIN_VALID_ROI_FRACTION))
     keep, fcs = [], []
     for item in todo:
         fc = read_fc(item[2], names)
@@ -106,7 +106,7 @@ def _input_hash(model_sha: str, fc_path: Path, extra: str = "") -> str:
 
 def _extra_heads_key(model) -> str:
     """Names and weight hashes of heads added with ``--heads`` (not in the model card)."""
-    bundled = set(model.card.get("heads", {}))
+    bundled = set(model.card.heads)
     return "|".join(f"{n}:{h.info.get('sha256', '')}" for n, h in model.heads.items()
                     if n not in bundled)
 
@@ -162,7 +162,7 @@ def encode_participant(runs: list[BoldRun], model, output_dir: str | Path,
     ----------
     runs : list of BoldRun
         The participant's runs (their FC outputs must exist).
-    model : FoundationModel
+    model : bidsfm.models.card.Model
         Loaded model (:func:`bidsfm.models.registry.load_model`).
     output_dir : str or Path
         bidsfm derivatives root.
@@ -242,31 +242,20 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
     if not todo:
         return results
 
-    if getattr(model, "input_kind", "fc") == "timeseries":
-        # time-series models read each run's denoised series + RepetitionTime (next to the FC)
-        fcs, short = model.read_inputs([item[2] for item in todo])
-        for j in sorted(short, reverse=True):
-            LOGGER.warning("%s: %s", todo[j][0].prefix, short[j])
-            results.append({"run": todo[j][0].prefix, "status": "skipped", "reason": short[j],
-                            "_qc": todo.pop(j)[4]})
-        if not todo:
-            return results
-    else:
-        fcs = np.stack(fc_list)
+    # the model's inputs: FC models take the FC matrices just read; time-series models read
+    # each run's denoised series + RepetitionTime (next to the FC) and may leave runs out
+    fcs, short = model.read_inputs([item[2] for item in todo], fc_list)
+    for j in sorted(short, reverse=True):
+        LOGGER.warning("%s: %s", todo[j][0].prefix, short[j])
+        results.append({"run": todo[j][0].prefix, "status": "skipped", "reason": short[j],
+                        "_qc": todo.pop(j)[4]})
+    if not todo:
+        return results
     emb = model.encode(fcs, batch_size=batch_size)
     preds = model.head_outputs(emb)
     heads = list(model.heads)
     attr = _head_attributions(model, fcs, preds, attention_steps)
-    # per-ROI embeddings (FC model, connectivity readout) are ROI-major: <ROI>_<k> columns;
-    # a pooled embedding (mean readout) has no ROI, whatever its width
-    # (edge embeddings of tangent models: <ROI a>--<ROI b> columns, named by the encoder)
-    pooled = getattr(getattr(model.encoder, "config", None), "readout", None) == "mean"
-    if hasattr(model.encoder, "embedding_columns"):
-        emb_cols = model.encoder.embedding_columns(names)
-    elif emb.shape[1] % len(names) == 0 and not pooled:
-        emb_cols = [f"{n}_{k}" for n in names for k in range(emb.shape[1] // len(names))]
-    else:
-        emb_cols = [f"emb_{k:03d}" for k in range(emb.shape[1])]
+    emb_cols = model.embedding_columns(emb.shape[1])
     from .derivatives import write_tsv_atomic
 
     for i, (run, mpaths, fc_path, phash, qc_path) in enumerate(todo):
@@ -284,12 +273,12 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
             _remove_figure(run, model.name, model.atlas, output_dir)
         rel = os.path.relpath(fc_path, output_dir)
         write_json_atomic(mpaths["embedding_json"], {
-            "Model": {k: model.card.get(k) for k in ("name", "version", "family", "sha256")},
+            "Model": model.card.provenance("name", "version", "family", "sha256"),
             "Atlas": atlas, "EmbeddingSize": int(emb.shape[1]),
             "Sources": [bids_uri("", rel)], "ParametersHash": phash,
             "Heads": {h: model.heads[h].meta() for h in heads},
-            "Attribution": _attribution_text(model, attention_steps),
-            "Precision": getattr(model, "precision", "float32"),
+            "Attribution": model.attribution_method(attention_steps),
+            "Precision": model.precision,
         })
         results.append({"run": run.prefix, "status": "ok", "reason": "", "_qc": qc_path})
     return results
@@ -298,19 +287,8 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
 def _precision_key(model) -> str:
     """Part of the parameters hash for the inference precision (empty for float32, so that
     float32 outputs written before ``--precision`` existed are reused)."""
-    precision = getattr(model, "precision", "float32")
+    precision = model.precision
     return "" if precision == "float32" else f"|precision:{precision}"
-
-
-def _attribution_text(model, steps: int) -> str:
-    """How the attention scores of ``model`` were computed (for the embedding sidecar)."""
-    if getattr(model, "input_kind", "fc") == "timeseries":
-        return (f"integrated gradients over the model's input windows (resampled, normalised "
-                f"ROI time series) from an all-zero baseline, {steps} steps; per-ROI sum over "
-                "the ROI's time points, averaged over windows")
-    return (f"integrated gradients from the model's reference FC baseline (mean training FC; "
-            f"all-zero if the model has none), {steps} steps; "
-            "per-ROI sum over the ROI's FC row")
 
 
 def _write_statmap(run: BoldRun, model, att: np.ndarray, heads: list[str],

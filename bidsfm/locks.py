@@ -10,11 +10,14 @@ output folder's shared files (``logs/CITATION.md``).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from pathlib import Path
 from types import TracebackType
+
+_LOGGER = logging.getLogger("bidsfm")
 
 
 class ExclusiveLock:
@@ -101,3 +104,64 @@ def participant_lock_path(output_dir: str | Path, label: str) -> Path:
     """The lock file a participant-level job holds while it writes ``sub-<label>``'s outputs:
     ``OUTPUT_DIR/.sub-<label>.lock``."""
     return Path(output_dir) / f".sub-{label}.lock"
+
+
+def lock_participants(output_dir: Path, runs_by_participant: dict[str, list],
+                      problems: list) -> list:
+    """Take each participant's lock in ``output_dir``; leave busy participants to their job.
+
+    A participant whose lock (:func:`bidsfm.locks.participant_lock_path`) another job holds
+    gets one error line, ``another bidsfm job is processing sub-X (lock FILE, pid N on HOST)``,
+    a :class:`~bidsfm.discovery.RunProblem` in ``problems`` and no runs (its entry in
+    ``runs_by_participant`` is emptied); the other participants go on. Under its lock, the
+    temporary files a killed job left in a participant's folder (and of its report) are
+    removed: no other job can be writing them.
+
+    Returns
+    -------
+    list of ExclusiveLock
+        The locks taken; release them when the participants' outputs are written.
+    """
+    from .discovery import RunProblem
+    from .utils import remove_stale_temps
+
+    held = []
+    for label, runs in runs_by_participant.items():
+        if not runs:
+            continue
+        lock = ExclusiveLock(participant_lock_path(output_dir, label))
+        if not lock.acquire(timeout=0):
+            holder = lock.holder()
+            msg = (f"another bidsfm job is processing sub-{label} (lock {lock.path}"
+                   f"{', ' + holder if holder else ''}); sub-{label} is left to it. Rerun "
+                   f"sub-{label} once that job has ended if it did not finish")
+            _LOGGER.error("%s", msg)
+            problems.append(RunProblem(f"sub-{label}", msg))
+            runs_by_participant[label] = []
+            continue
+        held.append(lock)
+        n = (remove_stale_temps(output_dir / f"sub-{label}", recursive=True)
+             + remove_stale_temps(output_dir, f"sub-{label}."))
+        if n:
+            _LOGGER.info("sub-%s: removed %d temporary file(s) left by an interrupted job",
+                        label, n)
+    return held
+
+
+def remove_shared_temps(output_dir: Path) -> None:
+    """Remove the temporary files a killed job left of the files all participant jobs share,
+    each under the lock their writers take: ``dataset_description.json``, ``README.md`` and
+    ``.bidsignore``, and the atlases of ``sourcedata/atlases`` (``logs/CITATION.md``'s are
+    removed by its writer)."""
+    from filelock import FileLock
+
+    from .derivatives import ATLAS_DATASET
+    from .utils import remove_stale_temps
+
+    with FileLock(str(output_dir / ".dataset_description.json.lock"), timeout=120):
+        for stem in ("dataset_description.", "README.", "."):
+            remove_stale_temps(output_dir, stem)
+    atlases = output_dir / ATLAS_DATASET
+    if atlases.is_dir():
+        with FileLock(str(atlases / ".atlases.lock"), timeout=120):
+            remove_stale_temps(atlases, recursive=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+#: a BIDS label; always checked with fullmatch (``$`` would accept a trailing newline)
+BIDS_LABEL = re.compile(r"[A-Za-z0-9]+")
 
 
 def _temp_beside(path: Path) -> tuple[int, Path]:
@@ -325,3 +327,39 @@ def shared_data_dir(shared_data: str | Path | None = None) -> Path:
         return Path(shared_data)
     env = os.environ.get("BIDSFM_SHARED_DATA")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def refuse_inside_input(folders: dict[str, Path | None], inputs: list[Path]) -> None:
+    """Refuse a folder bidsfm writes to that is (or is inside) an input dataset.
+
+    Parameters
+    ----------
+    folders : dict
+        ``{"output": OUTPUT_DIR, "work": ..., "BIDS database": ...}``; None values are skipped.
+    inputs : list of Path
+        The input datasets (BIDS_DIR, the fMRIPrep derivatives).
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder and the input dataset it is in.
+    """
+    from .errors import ConfigError
+
+    for name, folder in folders.items():
+        if folder is None:
+            continue
+        for protected in dict.fromkeys(inputs):
+            if is_inside(Path(folder), protected):
+                raise ConfigError(f"the {name} folder {folder} is inside the input dataset",
+                                  path=protected, remedy=f"Put the {name} folder outside the "
+                                  "input (inputs are often mounted read-only)")
+
+
+def is_inside(child: Path, parent: Path) -> bool:
+    """True if ``child`` is ``parent`` or inside it (symlinks resolved)."""
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False

@@ -98,6 +98,7 @@ class _EncodeInputSpec(BaseInterfaceInputSpec):
                           desc="draw the attention glass brains (False: --no-figures)")
     precision = traits.Enum("float32", "bf16", usedefault=True,
                             desc="inference precision (--precision)")
+    attention_steps = traits.Int(32, usedefault=True, desc="integrated-gradients steps")
 
 
 class _EncodeOutputSpec(TraitedSpec):
@@ -122,7 +123,7 @@ class EncodeParticipant(SimpleInterface):
 
         from .encode import encode_participant
         from .errors import BidsfmError
-        from .models.pretrain import resolve_device
+        from .models.device import resolve_device
         from .models.registry import load_model
 
         torch.set_num_threads(max(1, self.inputs.omp_nthreads))
@@ -146,6 +147,7 @@ class EncodeParticipant(SimpleInterface):
                     name, _, path = spec.partition("=")
                     model.heads[name] = load_head(path, model.card, name=name)
             results = encode_participant(runs, model, self.inputs.output_dir,
+                                         attention_steps=self.inputs.attention_steps,
                                          batch_size=self.inputs.batch_size,
                                          figures=self.inputs.figures)
         except BidsfmError as err:
@@ -179,7 +181,8 @@ def _estimate_mem_gb(run: BoldRun) -> float:
     return round(estimate_memory_mb(shape) / 1024, 2)
 
 
-def _node_name(run: BoldRun, index: int) -> str:
+def node_name(run: BoldRun, index: int) -> str:
+    """Name of the run's node in its participant workflow (progress lines use it)."""
     safe = "".join(c if c.isalnum() else "_" for c in run.prefix)
     return f"run_{index:03d}_{safe}"
 
@@ -191,7 +194,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                         batch_size: int = 64, mem_mb: int | None = None,
                         atlas_index_dir: str | Path | None = None,
                         heads: list[str] | None = None, figures: bool = True,
-                        precision: str = "float32") -> pe.Workflow:
+                        precision: str = "float32", attention_steps: int = 32
+                        ) -> pe.Workflow:
     """Build the workflow of one participant: one :class:`ProcessRun` node per BOLD run.
 
     Parameters
@@ -226,6 +230,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         Draw the attention glass brains (``--no-figures`` sets False).
     precision : str
         Inference precision of the model, ``float32`` or ``bf16`` (``--precision``).
+    attention_steps : int
+        Integrated-gradients steps of the attention maps.
     """
     from nipype.interfaces import utility as niu
 
@@ -238,7 +244,7 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                                   mem_mb=int(mem_mb or 0),
                                   atlas_index_dir=str(atlas_index_dir or ""),
                                   figures=bool(figures)),
-                       name=_node_name(run, i), mem_gb=_estimate_mem_gb(run),
+                       name=node_name(run, i), mem_gb=_estimate_mem_gb(run),
                        n_procs=omp_nthreads)
         wf.add_nodes([node])
         run_nodes.append(node)
@@ -250,7 +256,8 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
                                            device=device, output_dir=str(output_dir),
                                            omp_nthreads=omp_nthreads, batch_size=batch_size,
                                            heads=list(heads or []), figures=bool(figures),
-                                           precision=precision),
+                                           precision=precision,
+                                           attention_steps=attention_steps),
                          name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
         wf.connect(merge, "out", encode, "run_results")
     return wf
@@ -261,7 +268,8 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                    dataset_name: str = "preprocessed", omp_nthreads: int = 1,
                    model: str | None = None, device: str = "cpu", batch_size: int = 64,
                    mem_mb: int | None = None, heads: list[str] | None = None,
-                   figures: bool = True, precision: str = "float32") -> pe.Workflow:
+                   figures: bool = True, precision: str = "float32",
+                   attention_steps: int = 32) -> pe.Workflow:
     """Top-level workflow: one sub-workflow per participant, base dir under the work dir."""
     wf = pe.Workflow(name="bidsfm_wf", base_dir=str(work_dir))
     crash_dir = Path(work_dir) / "crash"
@@ -283,7 +291,8 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                                               omp_nthreads=omp_nthreads, model=model,
                                               device=device, batch_size=batch_size,
                                               mem_mb=mem_mb, heads=heads, figures=figures,
-                                              precision=precision)])
+                                              precision=precision,
+                                              attention_steps=attention_steps)])
     return wf
 
 
@@ -314,3 +323,16 @@ def plugin_settings(nprocs: int, mem_mb: int | None, use_plugin: str | None) -> 
             args["memory_gb"] = mem_mb / 1024
         return {"plugin": "MultiProc", "plugin_args": args}
     return {"plugin": "Linear", "plugin_args": {}}
+
+
+def quiet_nipype(verbose: int) -> None:
+    """Route Nipype's messages through its own handler only, at WARNING unless -vv."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    level = "INFO" if verbose >= 2 else "WARNING"
+    for key in ("workflow_level", "interface_level", "utils_level"):
+        nipype_config.set("logging", key, level)
+    nipype_logging.update_logging(nipype_config)
+    for name in ("nipype", "nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).propagate = False

@@ -378,6 +378,15 @@ def test_participant_level_with_a_time_series_model(tmp_path, tiny_ds, cc200_ts_
         "_stat-mean_timeseries.tsv", "_stat-pearsoncorrelation_relmat.tsv")])
     assert not skipped and meta["RepetitionTime"] > 0
     assert np.allclose(model.encode(prepared)[0], emb.to_numpy()[0], atol=1e-4)
+    # the group level's attention of a head reads the same inputs through the model (it
+    # attributed FC-model heads only, and skipped time-series models with a warning)
+    from bidsfm.group.attention import head_attention
+
+    relmats = sorted(out.rglob("*_stat-pearsoncorrelation_relmat.tsv"))
+    got = head_attention(model, model.heads["diagnosis"], {"sub-01": relmats}, steps=4)
+    assert got["n_runs"] == n_runs and got["n_participants"] == 1
+    assert np.isfinite(got["columns"]["attention"]).sum() > 100
+    assert model.attribution_unit.startswith("time points")
 
 
 def test_participant_level_skips_runs_shorter_than_the_window(tmp_path, tiny_ds,

@@ -23,8 +23,11 @@ def _cmd(ds, out, work):
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
+    """Every output file; the per-call logs/config-<time>-<id>.json left aside (each call
+    writes its own, docs/usage.md)."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock")}
+            if p.is_file() and not p.name.endswith(".lock")
+            and not (p.parent.name == "logs" and p.name.startswith("config-"))}
 
 
 def _check_no_partial(out: Path) -> None:

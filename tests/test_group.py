@@ -242,12 +242,13 @@ def test_group_harmonize_site(cohort, tmp_path, capsys, caplog, method):
     assert ("ComBat" in cit and "Pomponio" in cit) == (method == "combat")
     assert ("centring each site" in cit) == (method == "centre")
     # --heads with this head warns that the participant level sees raw embeddings
-    from bidsfm.cli import _resolve_model, resolve_heads
+    from bidsfm.group.heads_io import resolve_heads
+    from bidsfm.models.card import resolve_model
 
     logger = logging.getLogger("bidsfm")  # the CLI's logger does not propagate
     logger.addHandler(caplog.handler)
     try:
-        resolve_heads((str(g / "target-diagnosis" / "head"),), _resolve_model("bidsfmfc"))
+        resolve_heads((str(g / "target-diagnosis" / "head"),), resolve_model("bidsfmfc"))
     finally:
         logger.removeHandler(caplog.handler)
     assert "fitted on site-harmonised embeddings" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -114,13 +115,14 @@ def test_cli_options_and_config_file(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     import bidsfm.cli as cli_mod
+    from bidsfm.config import GroupConfig
     from bidsfm.group.run import validate_group_options
 
     assert cli_mod.DEFAULT_HARMONIZE_METHOD == DEFAULT_METHOD
     seen = {}
 
-    def fake_group(bids_dir, output_dir, **opts):
-        seen.update(opts)
+    def fake_group(config):
+        seen.update(dataclasses.asdict(config.group))
         return 0
 
     monkeypatch.setattr(cli_mod, "run_group", fake_group)
@@ -143,9 +145,9 @@ def test_cli_options_and_config_file(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli_mod.cli, base + ["--harmonize", "site", "--harmonize-method",
                                                 "zscore"])
     assert r.exit_code == 2 and "zscore" in r.output
-    parsed = validate_group_options({"harmonize": " site ", "harmonize_method": "center"})
+    parsed = validate_group_options(GroupConfig(harmonize=" site ", harmonize_method="center"))
     assert parsed["harmonize"] == ("site", "centre")
-    assert validate_group_options({})["harmonize"] is None
+    assert validate_group_options(GroupConfig())["harmonize"] is None
 
 
 def _abide_subset(sites: list[str]):

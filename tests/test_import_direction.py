@@ -22,17 +22,13 @@ PACKAGE = ROOT / "bidsfm"
 
 #: (importing file, imported name) pairs tolerated for now, per rule
 ALLOWED: dict[str, set[tuple[str, str]]] = {
-    # group/run.py takes the model loader from the CLI (issue 15: a participant runner and a
-    # model card module are to own it)
-    "cli": {("bidsfm/group/run.py", "bidsfm.cli")},
+    "cli": set(),
     # environments installed before bidsfm.models.training existed run the console script
     # bidsfm.models.pretrain:main; pyproject.toml now names bidsfm.models.training.cli:main
     "training": {("bidsfm/models/pretrain.py", "bidsfm.models.training.cli")},
     "encode": set(),
     # private names still imported across modules (issue 15), to be made public or moved
-    "private": {("bidsfm/cli.py", "bidsfm.workflow._node_name"),
-                ("bidsfm/group/run.py", "bidsfm.cli._resolve_model"),
-                ("bidsfm/group/run.py", "bidsfm.group.collect._order")},
+    "private": set(),
 }
 
 

@@ -48,6 +48,12 @@ def test_every_run_has_every_output(full_run, tiny_ds):
             assert path.is_file(), path
     leftovers = [p for p in out.rglob("*") if ".tmp" in p.name]
     assert not leftovers
+    # the call's options, as run, are in logs/ (docs/usage.md)
+    configs = sorted((out / "logs").glob("config-*.json"))
+    assert len(configs) == 1
+    config = json.loads(configs[0].read_text())
+    assert config["run"]["analysis_level"] == "participant"
+    assert config["processing"]["min_time"] == 0.0 and config["model"]["attention_steps"] == 32
 
 
 def test_output_contents(full_run, tiny_ds):

@@ -22,9 +22,11 @@ from faultkit import assert_clean, make_case  # noqa: E402
 
 
 def _files(out: Path) -> set[str]:
-    """Relative paths of every file under ``out`` (lock files aside)."""
+    """Relative paths of every file under ``out`` (lock files and the per-call
+    ``logs/config-<time>-<id>.json`` aside)."""
     return {str(p.relative_to(out)) for p in out.rglob("*")
-            if p.is_file() and not p.name.endswith(".lock")}
+            if p.is_file() and not p.name.endswith(".lock")
+            and not (p.parent.name == "logs" and p.name.startswith("config-"))}
 
 
 def _statuses(out: Path) -> dict[str, str]:
@@ -82,14 +84,16 @@ def test_space_label_with_newline_or_path_refused(spec):
 def test_labels_are_checked_with_fullmatch():
     """The command line's and the report's label patterns are full matches: a value ending in
     a newline is not a label (``re.match`` with ``$`` accepted it)."""
-    from bidsfm.cli import _BIDS_LABEL, expand_greedy
+    from bidsfm.cli import expand_greedy
     from bidsfm.errors import ConfigError
     from bidsfm.reports.subject import normalize_subject
 
     with pytest.raises(ConfigError, match="not a BIDS label"):
         normalize_subject("sub-01\n")
 
-    assert _BIDS_LABEL.fullmatch("CC200\n") is None
+    from bidsfm.utils import BIDS_LABEL
+
+    assert BIDS_LABEL.fullmatch("CC200\n") is None
     assert expand_greedy(["--participant-label", "01", "02\n"]) == [
         "--participant-label", "01", "02\n"]
 
@@ -132,7 +136,7 @@ def test_relative_paths_work_from_any_folder(tmp_path, tiny_ds, capsys, monkeypa
 
 def test_absolute_paths_of_the_command_line(tmp_path, monkeypatch):
     """Every path option is made absolute; registry names and presets are kept."""
-    from bidsfm.cli import absolute_paths
+    from bidsfm.config import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.json").write_text("{}")

@@ -17,8 +17,11 @@ Modules
     ``--reference``: Mahalanobis deviation from a reference group with per-ROI contributions.
 ``qcfc``
     QC-FC (edge-wise correlation of FC with mean framewise displacement).
+``analyses``
+    The analyses the level runs: targets, normative scores, harmonisation, QC-FC.
 ``run``
-    :func:`run_group_level`, called by the command line.
+    :func:`run_group_level(config) <bidsfm.group.run.run_group_level>`, the level as a recipe
+    of named steps, called by the command line with a :class:`bidsfm.config.Config`.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ def head_attention(model, head: LinearHead, fc_by_participant: dict[str, list[Pa
 
     Parameters
     ----------
-    model : FoundationModel
-        The model whose embeddings the head reads.
+    model : bidsfm.models.card.Model
+        The model whose embeddings the head reads (either family).
     head : LinearHead
         A binary, regression or multi-class head.
     fc_by_participant : dict
@@ -52,20 +52,23 @@ def head_attention(model, head: LinearHead, fc_by_participant: dict[str, list[Pa
         means, with one ``attention_<class>`` column per class) and ``attention_abs`` (mean
         absolute attribution), ``n_participants``, ``n_runs``.
     """
-    from ..derivatives import read_relmat
-
     names = model.roi_names
     if head.kind == MULTICLASS:
         heads = {f"attention_{lab}": head.class_head(k) for k, lab in enumerate(head.labels)}
     else:
         heads = {"attention": head}
     per_head = {key: [] for key in heads}
-    n_runs = 0
+    n_runs = n_participants = 0
     for _pid, paths in sorted(fc_by_participant.items()):
-        fcs = np.stack([read_relmat(p, names)[1].astype(np.float32) for p in paths])
-        n_runs += len(paths)
+        # the model's inputs for these runs (FC matrices, or the time series beside them; a
+        # time-series model leaves out runs shorter than its window)
+        inputs, _skipped = model.read_inputs(paths)
+        if not len(inputs):
+            continue
+        n_runs += len(inputs)
+        n_participants += 1
         # all (class) heads from shared forward passes
-        atts = model.attributions(fcs, heads, steps=steps)
+        atts = model.attributions(inputs, heads, steps=steps)
         for key in heads:
             with warnings.catch_warnings():  # an ROI missing in every run stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -81,5 +84,5 @@ def head_attention(model, head: LinearHead, fc_by_participant: dict[str, list[Pa
     if head.kind == MULTICLASS:
         stack = np.vstack([cols[k] for k in heads])
         cols = {"attention": np.sqrt(np.nanmean(stack ** 2, axis=0)), **cols}
-    return {"names": names, "columns": cols, "n_participants": len(fc_by_participant),
+    return {"names": names, "columns": cols, "n_participants": n_participants,
             "n_runs": n_runs}

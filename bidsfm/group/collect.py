@@ -233,7 +233,7 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
         except (OSError, ValueError, csv.Error, UnicodeDecodeError) as exc:
             excl.append({**cols, "atlas": atlas, "stage": "model", "status": "error",
                          "reason": f"{path}: unreadable {kind} ({exc})"})
-    qc = _order(pd.DataFrame(qc_rows))
+    qc = order_columns(pd.DataFrame(qc_rows))
     for row in qc_rows:
         status = row.get("status", "")
         base = {k: row.get(k, "n/a") for k in _entity_keys(row)}
@@ -247,10 +247,10 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
     out = Collection(qc=qc, fc_files=fc_files, exclusions=excl,
                      participants=[s.name for s in subs])
     for model, store in emb.items():
-        ents_df = _order(pd.DataFrame(store["rows"]))
+        ents_df = order_columns(pd.DataFrame(store["rows"]))
         out.embeddings[model] = (ents_df, np.vstack(store["values"]), store["header"])
     for model, rows in preds.items():
-        out.predictions[model] = _order(pd.DataFrame(rows))
+        out.predictions[model] = order_columns(pd.DataFrame(rows))
     return out
 
 
@@ -296,7 +296,7 @@ def _entity_keys(row: dict[str, str]) -> list[str]:
     return [c for c in _COLUMN.values() if c in row]
 
 
-def _order(frame: pd.DataFrame) -> pd.DataFrame:
+def order_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Entity columns first (BIDS order; the base ones always present), then the rest."""
     if frame.empty:
         return pd.DataFrame(columns=list(BASE_ENTITY_COLUMNS))

@@ -10,12 +10,18 @@ embeddings is meaningless on another's, so loading checks the model name and sha
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..models.heads import LinearHead
 from ..models.weights import CARD, WEIGHTS, read_weights, write_weights_folder
+
+if TYPE_CHECKING:
+    from ..models.card import ModelCard
+
+_LOGGER = logging.getLogger("bidsfm")
 
 
 def save_head(folder: str | Path, head: LinearHead, model_card: dict[str, Any],
@@ -105,3 +111,50 @@ def load_head(path: str | Path, model_card: dict[str, Any], name: str | None = N
     if name:
         head.name = name
     return head
+
+
+def resolve_heads(specs: tuple[str, ...], model: ModelCard | None) -> list[str]:
+    """Check ``--heads`` values against the model; return ``NAME=PATH`` strings.
+
+    A head whose name is already taken (a head of the model, or an earlier ``--heads``) is
+    renamed ``<name>_2``, ``<name>_3``... unless ``NAME=`` was given.
+
+    Raises
+    ------
+    ConfigError
+        If there is no model, or a head cannot be read or was fitted on another model.
+    """
+    from ..utils import BIDS_LABEL
+
+    if not specs:
+        return []
+    if model is None:
+        raise ConfigError("--heads needs a model (--model is none or unavailable)")
+    card = model
+    taken = set(card.heads)
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not BIDS_LABEL.fullmatch(name.replace("_", "")):
+            name, path = "", spec
+        head_card = read_head_card(path)
+        check_head_model(head_card, card, path)
+        harm = head_card.get("harmonization")
+        if isinstance(harm, dict) and harm.get("method"):
+            _LOGGER.warning("head %s was fitted on site-harmonised embeddings (%s by %s); here "
+                            "it sees this run's raw embedding, so its outputs keep this site's "
+                            "offset (see docs/group.md)", head_card["name"], harm.get("method"),
+                            harm.get("column"))
+        final = name or str(head_card["name"])
+        if final in taken:
+            if name:
+                raise ConfigError(f"--heads {spec}: head name {final!r} is already used")
+            k = 2
+            while f"{final}_{k}" in taken:
+                k += 1
+            _LOGGER.info("head %s from %s is written as %s_%d (the name is taken)", final,
+                         path, final, k)
+            final = f"{final}_{k}"
+        taken.add(final)
+        out.append(f"{final}={Path(path).absolute()}")
+    return out

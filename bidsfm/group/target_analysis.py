@@ -167,10 +167,6 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
             "harmonization": harmonization, **provenance}
     save_head(folder / "head", head, model_card, info)
 
-    if model is not None and getattr(model, "input_kind", "fc") != "fc":
-        LOGGER.warning("target %s: no attention (the group level attributes FC-model heads "
-                       "only; model %s reads time series)", target.column, model.name)
-        model = None
     if model is not None and attention_participants:
         from .attention import head_attention, pick_participants
 
@@ -182,9 +178,10 @@ def run_target(target: Target, emb: np.ndarray, subject_ids: list[str], folder: 
         write_table(frame, folder / "attention.tsv")
         summary["attention"] = {
             "method": "integrated gradients of the head's logit (binary), centred class logits "
-                      "(multi-class) or value (continuous) from the model's reference FC, "
-                      f"{attention_steps} steps, summed over each ROI's FC row, averaged over "
-                      "each participant's runs and then over participants" + (
+                      f"(multi-class) or value (continuous) from {model.attribution_baseline}, "
+                      f"{attention_steps} steps, summed over each ROI's "
+                      f"{model.attribution_unit}, averaged over each participant's runs and "
+                      "then over participants" + (
                           "; the head (fitted on harmonised embeddings) is applied to the "
                           "model's raw embeddings, so per-site offsets cancel in the "
                           "attribution and ComBat's per-site scaling is not included"

@@ -18,38 +18,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .card import (  # noqa: F401 (list_models, MODELS_DIR: this module's names before card.py)
+    DEFAULT_MODEL,
+    MODELS_DIR,
+    ModelCard,
+    as_card,
+    list_models,
+    model_dir,
+    read_card,
+)
 from .heads import BINARY, LinearHead
 from .weights import CARD, WEIGHTS, read_weights, write_weights_folder
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-DEFAULT_MODEL = "bidsfmfc"
-
-
-def list_models() -> list[str]:
-    """Names of the models bundled with this installation."""
-    if not MODELS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / CARD).is_file())
-
-
-def model_dir(spec: str | Path) -> Path:
-    """Folder of a bundled model name or a path to a model folder.
-
-    Raises
-    ------
-    ConfigError
-        If no such model exists.
-    """
-    path = Path(spec)
-    if (path / CARD).is_file():
-        return path
-    cand = MODELS_DIR / str(spec)
-    if (cand / CARD).is_file():
-        return cand
-    raise ConfigError(f"unknown model {spec!r}",
-                      remedy=f"Use one of {', '.join(list_models()) or '(none bundled)'} or a "
-                             "folder holding card.json and weights.safetensors")
-
 
 #: numerical precision of inference: ``float32`` (default, the same numbers on CPU and GPU) or
 #: ``bf16`` (bfloat16 autocast of the encoder's forward pass; faster on GPUs, embeddings move by
@@ -86,8 +65,8 @@ class FoundationModel:
 
     Attributes
     ----------
-    card : dict
-        The model card.
+    card : ModelCard
+        The model card (a mapping given here is validated into one).
     encoder : torch.nn.Module
         The FC encoder (eval mode).
     heads : dict of LinearHead
@@ -100,38 +79,40 @@ class FoundationModel:
         ``float32`` (default) or ``bf16`` (bfloat16 autocast of :meth:`encode`).
     """
 
-    card: dict[str, Any]
+    card: ModelCard
     encoder: Any
     heads: dict[str, LinearHead] = field(default_factory=dict)
     device: str = "cpu"
     reference_fc: np.ndarray | None = None
     precision: str = "float32"
 
+    def __post_init__(self) -> None:
+        self.card = as_card(self.card)
+
     @property
     def name(self) -> str:
         """Model name (used in the ``desc-`` entity of outputs)."""
-        return str(self.card["name"])
+        return self.card.name
 
     @property
     def atlas(self) -> str:
         """Atlas the model expects."""
-        return str(self.card["atlas"]["name"])
+        return self.card.atlas_name
 
     @property
     def atlas_spec(self) -> str:
         """Atlas spec resolving the model's atlas: its name, or ``NAME=PATH`` for a user file."""
-        path = self.card["atlas"].get("user_file")
-        return f"{self.atlas}={path}" if path else self.atlas
+        return self.card.atlas_spec
 
     @property
     def roi_names(self) -> list[str]:
         """ROI order of the input."""
-        return list(self.card["atlas"]["roi_names"])
+        return list(self.card.roi_names)
 
     @property
     def min_volumes(self) -> int:
         """Minimum retained volumes for a reliable FC input."""
-        return int(self.card["input"]["min_volumes"])
+        return int(self.card.input["min_volumes"])
 
     @property
     def input_kind(self) -> str:
@@ -143,6 +124,30 @@ class FoundationModel:
         self.encoder.to(device)
         self.device = device
         return self
+
+    def read_inputs(self, fc_paths: list[Path], fcs: list[np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, dict[int, str]]:
+        """The runs' FC matrices (B, R, R) in the model's ROI order, read from their FC files
+        unless given as ``fcs``; no run is left out (the ``{}`` of :class:`Model`)."""
+        if fcs is None:
+            from ..derivatives import read_relmat
+
+            fcs = [read_relmat(p, self.roi_names)[1].astype(np.float32) for p in fc_paths]
+        return np.stack(fcs), {}
+
+    def embedding_columns(self, width: int) -> list[str]:
+        """Column names of the embedding (see :func:`embedding_columns`)."""
+        return embedding_columns(self.encoder, self.roi_names, width)
+
+    #: the attribution's starting point, and what a per-ROI score sums (group-level texts)
+    attribution_baseline = "the model's reference FC"
+    attribution_unit = "FC row"
+
+    def attribution_method(self, steps: int) -> str:
+        """How the attention scores are computed (the embedding sidecar's ``Attribution``)."""
+        return (f"integrated gradients from the model's reference FC baseline (mean training "
+                f"FC; all-zero if the model has none), {steps} steps; "
+                "per-ROI sum over the ROI's FC row")
 
     def _fc_tensor(self, fc: np.ndarray):
         import torch
@@ -293,18 +298,20 @@ class TimeSeriesModel:
     (:mod:`bidsfm.models.resample`); the run's embedding is the mean over windows.
     """
 
-    card: dict[str, Any]
+    card: ModelCard
     encoder: Any
     heads: dict[str, LinearHead] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "float32"
 
+    __post_init__ = FoundationModel.__post_init__
     name = FoundationModel.name
     atlas = FoundationModel.atlas
     atlas_spec = FoundationModel.atlas_spec
     roi_names = FoundationModel.roi_names
     head_outputs = FoundationModel.head_outputs
     predict = FoundationModel.predict
+    embedding_columns = FoundationModel.embedding_columns
 
     @property
     def input_kind(self) -> str:
@@ -316,15 +323,24 @@ class TimeSeriesModel:
         """The input contract (:class:`~bidsfm.models.resample.InputSpec`) from the card."""
         from .resample import InputSpec
 
-        return InputSpec.from_dict(self.card["input"])
+        return InputSpec.from_dict(dict(self.card.input))
 
     @property
     def min_volumes(self) -> int:
         """Volumes the participant level requires before trying (the real limit is seconds)."""
-        return int(self.card["input"].get("min_volumes", 1))
+        return int(self.card.input.get("min_volumes", 1))
+
+    attribution_baseline = "the all-zero input"
+    attribution_unit = "time points (averaged over the input windows)"
+
+    def attribution_method(self, steps: int) -> str:
+        """How the attention scores are computed (the embedding sidecar's ``Attribution``)."""
+        return (f"integrated gradients over the model's input windows (resampled, normalised "
+                f"ROI time series) from an all-zero baseline, {steps} steps; per-ROI sum over "
+                "the ROI's time points, averaged over windows")
 
     @classmethod
-    def from_tensors(cls, card: dict[str, Any], tensors: dict[str, np.ndarray],
+    def from_tensors(cls, card: ModelCard | Mapping[str, Any], tensors: dict[str, np.ndarray],
                      heads: dict[str, LinearHead], path: str | Path) -> TimeSeriesModel:
         """Build from a card and its safetensors tensors (``encoder.*`` and ``gradients``)."""
         from .brainjepa import BrainJEPAConfig, BrainJEPAEncoder
@@ -430,8 +446,10 @@ class TimeSeriesModel:
         return integrated_gradients_timeseries_heads(
             self, inputs, self.heads if heads is None else heads, steps=steps)
 
-    def read_inputs(self, fc_paths: list[Path]) -> tuple[PreparedRuns, dict[int, str]]:
-        """Read the runs' time series next to their FC files (participant level).
+    def read_inputs(self, fc_paths: list[Path], fcs: Any = None
+                    ) -> tuple[PreparedRuns, dict[int, str]]:
+        """Read the runs' time series next to their FC files (participant level; ``fcs``, the
+        FC matrices of :class:`Model`'s signature, are not used).
 
         For each ``*_stat-pearsoncorrelation_relmat.tsv`` the sibling
         ``*_stat-mean_timeseries.tsv`` (+ ``.json`` with ``RepetitionTime`` and
@@ -498,19 +516,28 @@ def even_grid(ts: np.ndarray, retained: list[int] | None) -> np.ndarray:
     return out
 
 
-def _read_model_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Card and tensors of a model folder (sha256 checked, safetensors only)."""
-    try:
-        card = json.loads((folder / CARD).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the model card ({type(exc).__name__})",
-                          path=folder / CARD) from None
-    atlas = card.get("atlas") if isinstance(card, dict) else None
-    if isinstance(atlas, dict) and atlas.get("user_file"):  # relative to the card's folder
-        atlas["user_file"] = str(Path(folder).absolute() / Path(str(atlas["user_file"])))
+def _read_model_folder(folder: Path) -> tuple[ModelCard, dict[str, np.ndarray]]:
+    """Card and tensors of a model folder (card validated, sha256 checked, safetensors only)."""
+    card = read_card(folder)
     tensors = read_weights(folder, card, "model", remedy="Restore the model's "
                            "weights.safetensors (reinstall bidsfm or the model folder)")
     return card, tensors
+
+
+def embedding_columns(encoder: Any, roi_names: list[str], width: int) -> list[str]:
+    """Column names of an embedding ``width`` values wide.
+
+    The encoder's own names when it has them (edge embeddings of tangent models:
+    ``<ROI a>--<ROI b>``); per-ROI embeddings (a connectivity readout, ROI-major) are
+    ``<ROI>_<k>``; a pooled embedding (mean readout) has no ROI, whatever its width:
+    ``emb_000``...
+    """
+    if hasattr(encoder, "embedding_columns"):
+        return list(encoder.embedding_columns(roi_names))
+    pooled = getattr(getattr(encoder, "config", None), "readout", None) == "mean"
+    if width % len(roi_names) == 0 and not pooled:
+        return [f"{n}_{k}" for n in roi_names for k in range(width // len(roi_names))]
+    return [f"emb_{k:03d}" for k in range(width)]
 
 
 def load_encoder_state(encoder, tensors: dict[str, np.ndarray], path: str | Path) -> None:

@@ -8,6 +8,7 @@ the installed versions. It is a draft for a methods section: users should check 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -79,7 +80,7 @@ def _upstream(output_dir: Path) -> list[dict[str, Any]]:
     return [g for g in (gen or []) if isinstance(g, dict) and g.get("Name") != "bidsfm"]
 
 
-def _model_card(model: Any) -> dict[str, Any] | None:
+def _model_card(model: Any) -> Mapping[str, Any] | None:
     """The card of the model used (a dict given in options, or read from the registry)."""
     if isinstance(model, dict):
         if isinstance(model.get("card"), dict):
@@ -90,13 +91,13 @@ def _model_card(model: Any) -> dict[str, Any] | None:
     if model in (None, "", "none"):
         return None
     try:
-        from ..models.registry import CARD, DEFAULT_MODEL, list_models, model_dir
+        from ..models.card import DEFAULT_MODEL, list_models, model_dir, read_card
 
         if model == "auto":
             if DEFAULT_MODEL not in list_models():
                 return None
             model = DEFAULT_MODEL
-        return json.loads((model_dir(str(model)) / CARD).read_text())
+        return read_card(model_dir(str(model)))
     except Exception:  # an unknown model: described by name only
         return {"name": str(model)}
 
