@@ -342,10 +342,12 @@ def prepare_output(config: Config, inputs: Inputs, plan: Plan) -> list:
         remove_shared_temps(output_dir)
         ensure_dataset_description(output_dir, fmriprep_dir, links)
         write_config(config)
-    except OSError as exc:
+    except BaseException as exc:
         for lock in locks:
             lock.release()
-        raise output_error(exc, output_dir) from None
+        if isinstance(exc, OSError):
+            raise output_error(exc, output_dir) from None
+        raise
     return locks
 
 
@@ -399,7 +401,7 @@ def run_workflow(config: Config, inputs: Inputs, plan: Plan, steps: Any = None) 
         If the denoising strategy (checked once here) or the plugin file is invalid.
     """
     from .denoising import get_strategy
-    from .workflow import init_bidsfm_wf, plugin_settings, quiet_nipype
+    from .workflow import init_bidsfm_wf, plugin_settings, quiet_nipype, workflow_results
 
     options, execution, model = plan.options, config.execution, config.model
     # validate the strategy once (a bad strategy file is a usage error, not N run errors)
@@ -425,26 +427,7 @@ def run_workflow(config: Config, inputs: Inputs, plan: Plan, steps: Any = None) 
         LOGGER.error("some workflow nodes crashed; crash files are under %s (%s)",
                      work_dir / "crash", str(exc).splitlines()[0])
         graph = None
-    return _workflow_results(graph, plan, work_dir)
-
-
-def _workflow_results(graph, plan: Plan, work_dir: Path) -> list[dict]:
-    """The nodes' results, plus one error per run result a crashed node did not return."""
-    results: list[dict] = []
-    for node in list(graph.nodes()) if graph is not None else []:
-        try:
-            outputs = node.result.outputs
-        except Exception:
-            continue
-        if outputs is not None and getattr(outputs, "results", None):
-            results.extend(outputs.results)
-    run_results = [r for r in results if r.get("stage") != "model"]
-    expected = plan.n_runs * len(plan.options.atlases)
-    if len(run_results) < expected:
-        results.extend({"run": "?", "atlas": "?", "status": "error",
-                        "reason": f"workflow node crashed; see {work_dir / 'crash'}"}
-                       for _ in range(expected - len(run_results)))
-    return results
+    return workflow_results(graph, plan.n_runs * len(plan.options.atlases), work_dir / "crash")
 
 
 def write_reports(config: Config, participants: list[str], steps: Any = None) -> None:

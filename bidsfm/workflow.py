@@ -336,3 +336,25 @@ def quiet_nipype(verbose: int) -> None:
     nipype_logging.update_logging(nipype_config)
     for name in ("nipype", "nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).propagate = False
+
+
+def workflow_results(graph: Any, expected: int, crash_dir: Path) -> list[dict]:
+    """The result dicts of every node of a finished workflow (``graph`` None: it crashed).
+
+    ``expected`` is the number of run results (runs x atlases); each one a crashed node did
+    not return becomes an error result naming ``crash_dir``.
+    """
+    results: list[dict] = []
+    for node in list(graph.nodes()) if graph is not None else []:
+        try:
+            outputs = node.result.outputs
+        except Exception:
+            continue
+        if outputs is not None and getattr(outputs, "results", None):
+            results.extend(outputs.results)
+    run_results = [r for r in results if r.get("stage") != "model"]
+    if len(run_results) < expected:
+        results.extend({"run": "?", "atlas": "?", "status": "error",
+                        "reason": f"workflow node crashed; see {crash_dir}"}
+                       for _ in range(expected - len(run_results)))
+    return results
