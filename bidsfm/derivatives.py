@@ -140,6 +140,34 @@ def placement_figure_path(run: Any, atlas: str, output_dir: str | Path) -> Path:
             / (base.name + PLACEMENT_FIGURE_TAIL))
 
 
+def remove_model_outputs(qc_path: str | Path, model: str = "*", *,
+                         placement: bool = False) -> list[Path]:
+    """Remove the model outputs (and their attention figure) of one run and atlas.
+
+    ``qc_path`` is the run's QC table for that atlas (``run_output_paths(...)["qc"]``);
+    ``model`` a model name or ``*`` for every model. With ``placement`` the atlas placement
+    figure goes too. For runs that are now skipped or failed, so that no output of an earlier
+    attempt stays beside a QC table that says there is none. Returns the removed files.
+    """
+    qc_path = Path(qc_path)
+    base = output_base(qc_path.name)
+    if base is None:
+        return []
+    subject = next((p for p in qc_path.parents if p.name.startswith("sub-")), None)
+    patterns = [(qc_path.parent, base + tail.format(model=model))
+                for tail in MODEL_OUTPUT_TAILS.values()]
+    if subject is not None:
+        patterns.append((subject / "figures", base + FIGURE_TAIL.format(model=model)))
+        if placement:
+            patterns.append((subject / "figures", base + PLACEMENT_FIGURE_TAIL))
+    removed = []
+    for folder, pattern in patterns:
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def sibling_output(path: str | Path, kind: str) -> Path:
     """The output of kind ``kind`` (a :data:`RUN_OUTPUT_TAILS` key) of the same run and atlas.
 

@@ -193,6 +193,10 @@ def _record_in_qc(res: dict[str, Any], model_name: str) -> None:
     qc = res.pop("_qc", None)
     if qc is None or not Path(qc).is_file():
         return
+    if res["status"] == "skipped":  # no model outputs of an earlier attempt may stay behind
+        from .derivatives import remove_model_outputs
+
+        remove_model_outputs(qc, model_name)
     table = pd.read_csv(qc, sep="\t", keep_default_na=False)
     table["model"] = model_name
     # outputs reused from an earlier (possibly killed) job are the same files a clean run

@@ -281,9 +281,12 @@ def _write_qc(paths: dict[str, Path], row: dict[str, Any], meta: dict[str, Any])
 def _write_failure(paths: dict[str, Path], run: BoldRun, atlas_name: str, message: str,
                    options: ProcessingOptions) -> None:
     """Record a failed run in its QC table; remove stale outputs of an earlier attempt."""
+    from .derivatives import remove_model_outputs
+
     for key, p in paths.items():
         if not key.startswith("qc") and p.exists():
             p.unlink()
+    remove_model_outputs(paths["qc"], placement=True)
     row = _qc_row(status="error", reason=message, atlas=atlas_name, space=run.space,
                   repetition_time=run.repetition_time,
                   repetition_time_source=run.repetition_time_source)
@@ -350,6 +353,9 @@ def _process(run: BoldRun, atlases: list, options: ProcessingOptions,
             for key, p in paths.items():
                 if not key.startswith("qc") and p.exists():
                     p.unlink()
+            from .derivatives import remove_model_outputs
+
+            remove_model_outputs(paths["qc"], placement=True)  # of an earlier, longer run
             _write_qc(paths, _qc_row(status="skipped", reason=reason, atlas=atlas.name, **base),
                       {**meta_common, "Status": "skipped", "Reason": reason})
             out.append(RunResult(run.prefix, atlas.name, "skipped", reason))

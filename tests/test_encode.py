@@ -183,3 +183,37 @@ def test_usable_roi_fraction():
     fc[:4, :] = fc[:, :4] = np.nan
     assert usable_roi_fraction(fc) == 0.6
     assert usable_roi_fraction(np.full((10, 10), np.nan)) == 0.0
+
+
+def test_no_model_outputs_of_runs_now_skipped(tmp_path, tiny_ds, capsys):
+    """Issue 17: after an option change makes a run too short for the model (or for
+    --min-time), its model outputs and figures of the earlier job were left beside a QC table
+    saying there are none."""
+    out = tmp_path / "out"
+    args = [tiny_ds["root"], out, "participant", "--participant-label", "03",
+            "--denoise-strategy", "none", "-w", tmp_path / "w"]
+    code, _ = run_cli(args + ["--min-time", "0"], capsys)
+    assert code == 0
+    n_runs = len(_files(out, "*_qc.tsv"))
+    assert len(_files(out, "*_desc-bidsfmfc_embedding.tsv")) == n_runs
+    assert len(_files(out, "*_desc-bidsfmfc_attention.png")) == n_runs
+
+    code, _ = run_cli(args + ["--min-time", "0", "--dummy-scans", "60"], capsys)  # model-short
+    assert code == 0
+    statuses = []
+    for qc_path in _files(out, "*_qc.tsv"):
+        q = pd.read_csv(qc_path, sep="\t", keep_default_na=False)
+        base = qc_path.name[: -len("_qc.tsv")]
+        left = [p.name for p in out.rglob(base + "_*") if "bidsfmfc" in p.name]
+        statuses.append(q.loc[0, "model_status"])
+        if q.loc[0, "model_status"] == "skipped":
+            assert left == [], left
+        else:  # embedding (+ json), predictions, attention, statmap (+ json)
+            assert len(left) == 6, left
+    assert "skipped" in statuses
+
+    code, _ = run_cli(args + ["--min-time", "10000"], capsys)  # every run skipped
+    assert code == 0
+    assert not [p for p in out.rglob("*bidsfmfc*") if p.is_file()]
+    assert not list(out.rglob("*_desc-placement_bold.png"))
+    assert len(_files(out, "*_qc.tsv")) == n_runs
