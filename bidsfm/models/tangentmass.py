@@ -19,10 +19,10 @@ three things differ, each for a measured reason (docs/models.md):
 * **Pre-norm layers** (stable from a residual start) and the BrainMass extras of bidsfm 1.0
   (learned ROI identity, learned mask token, missing ROIs excluded as attention keys).
 
-Pretraining (:mod:`bidsfm.models.training.objective_tangent`) teaches the refinement to map one view of a
-participant (one preprocessing pipeline, 20 % of time points dropped, 25 % of ROIs masked) to
-another real view of the same participant (the other pipeline), so that it keeps what the
-participant's connectivity has in common across pipelines.
+Pretraining (:mod:`bidsfm.models.training.objective_tangent`) teaches the refinement to map
+one view of a participant (one preprocessing pipeline, 20 % of time points dropped, 25 % of
+ROIs masked) to another real view of the same participant (the other pipeline), so that it
+keeps what the participant's connectivity has in common across pipelines.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError
+from ...references import reference
 from .checkpoint import load_checkpoint, state_dict_from, strip_prefix
 from .folder import (
     LICENCE,
@@ -42,10 +43,7 @@ BRAINJEPA_STATE_KEY = "target_encoder"
 #: effective repetition time of the official Brain-JEPA input: UK Biobank (TR 0.735 s) series
 #: downsampled by 3 (configs/ukb_vitb_ep300.yaml: downsample true, sampling_rate 3, 160 frames)
 BRAINJEPA_TARGET_TR = 2.205
-BRAINJEPA_CITATION = ("Dong Z., Li R., Wu Y., Nguyen T.T., Chong J.S.X., Ji F., Tong N.R.J., "
-                      "Chen C.L.H., Zhou J.H. (2024) Brain-JEPA: Brain dynamics foundation model "
-                      "with gradient positioning and spatiotemporal masking. NeurIPS 2024. "
-                      "arXiv:2409.19407")
+BRAINJEPA_CITATION = reference("brainjepa")
 #: the card's input normalisation: the official downstream scheme (src/datasets/
 #: hca_sex_datasets.py, use_normalization: input_x.mean() and input_x.std() over the whole
 #: ROI x frame sample), see docs/importing.md

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
+from ...references import reference
 from .checkpoint import load_checkpoint, state_dict_from, strip_prefix
 from .folder import (
     LICENCE,
@@ -37,10 +38,7 @@ BRAINMASS_STATE_KEY = "online_network_state_dict"
 BRAINMASS_HEADS = 10  # official BNTF config (config/normal_sch1.yaml: heads 10)
 #: the ROI count of the published BrainMass model (its code hard-codes node_num = 100)
 BRAINMASS_ROIS = 100
-BRAINMASS_CITATION = ("Yang Y., Ye C., Su G., Zhang Z., Chang Z., Chen H., Chan P., Yu Y., Ma T. "
-                      "(2024) BrainMass: Advancing brain network analysis for diagnosis with "
-                      "large-scale self-supervised learning. IEEE Trans Med Imaging. "
-                      "doi:10.1109/TMI.2024.3414476")
+BRAINMASS_CITATION = reference("brainmass")
 
 
 def _width(state: Mapping[str, Any], key: str, axis: int) -> int | None:

@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
+from ...references import reference
 
 __all__ = ["LICENCE", "NO_HEADS", "SCHAEFER_CITATION", "TIAN_CITATION", "custom_layout_remedy",
            "atlas_card", "check_label", "prepare_out", "save_folder", "source_record"]
 
-SCHAEFER_CITATION = ("Schaefer A. et al. (2018) Local-global parcellation of the human cerebral "
-                     "cortex from intrinsic functional connectivity MRI. Cereb Cortex "
-                     "28:3095-3114.")
-TIAN_CITATION = ("Tian Y., Margulies D.S., Breakspear M., Zalesky A. (2020) Topographic "
-                 "organization of the human subcortex unveiled with functional connectivity "
-                 "gradients. Nat Neurosci 23:1421-1432.")
+SCHAEFER_CITATION = reference("schaefer")
+TIAN_CITATION = reference("tian")
 LICENCE = ("As the source checkpoint's: obtaining it and complying with its licence and the "
            "terms of the data it was trained on are the user's responsibility. bidsfm only "
            "converted the tensors.")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...evaluation import BINARY, CONTINUOUS, few_shot_curve, leave_site_out
+from ...references import reference
 from ..heads import fit_binary_head, fit_regression_head
 
 if TYPE_CHECKING:
@@ -26,18 +27,8 @@ __all__ = ["ABIDE_CITATION", "BRAINMASS_CITATION", "ABIDE_WEIGHTS_LICENCE",
            "head_targets", "evaluate", "fc_baseline", "reference_fc", "few_shot", "in_sample",
            "format_table", "format_few_shot_table", "fit_bundled_heads"]
 
-ABIDE_CITATION = [
-    "Di Martino A. et al. (2014) The autism brain imaging data exchange: towards a large-scale "
-    "evaluation of the intrinsic brain architecture in autism. Mol Psychiatry 19:659-667.",
-    "Craddock C. et al. (2013) The Neuro Bureau Preprocessing Initiative: open sharing of "
-    "preprocessed neuroimaging data and derivatives. Front Neuroinform (ABIDE Preprocessed, "
-    "Preprocessed Connectomes Project).",
-    "Craddock R.C. et al. (2012) A whole brain fMRI atlas generated via spatially constrained "
-    "spectral clustering. Hum Brain Mapp 33:1914-1928 (CC200 atlas).",
-]
-BRAINMASS_CITATION = ("Yang Y. et al. (2024) BrainMass: Advancing brain network analysis for "
-                      "diagnosis with large-scale self-supervised learning. IEEE Trans Med "
-                      "Imaging.")
+ABIDE_CITATION = [reference("abide"), reference("abide_pcp"), reference("cc200")]
+BRAINMASS_CITATION = reference("brainmass")
 
 #: licence of weights trained on ABIDE (every bundled model's card)
 ABIDE_WEIGHTS_LICENCE = ("Weights: CC BY-NC-SA 4.0 (trained on ABIDE under its data usage "

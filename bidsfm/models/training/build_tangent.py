@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ...references import reference
 from .abide import (
     ABIDE_CITATION,
     ABIDE_LOSO_SCHEME,
@@ -33,14 +34,7 @@ __all__ = ["TANGENT_CITATIONS", "tangent_embeddings", "refined_matrices", "fit_r
            "reference_correlation", "tangent_card", "build_tangent_fc_model"]
 
 TANGENT_CITATIONS = [
-    "Varoquaux G., Baronnet F., Kleinschmidt A., Fillard P. & Thirion B. (2010) Detection of "
-    "brain functional-connectivity difference in post-stroke patients using group-level "
-    "covariance modeling. MICCAI 2010, LNCS 6361:200-208.",
-    "Dadi K. et al. (2019) Benchmarking functional connectome-based predictive models for "
-    "resting-state fMRI. NeuroImage 192:115-134.",
-    "Arsigny V., Fillard P., Pennec X. & Ayache N. (2007) Geometric means in a novel vector "
-    "space structure on symmetric positive-definite matrices. SIAM J Matrix Anal Appl "
-    "29:328-347.",
+    reference("varoquaux2010"), reference("dadi2019"), reference("arsigny2007"),
 ]
 
 def tangent_embeddings(encoder, fc: np.ndarray, batch_size: int = 64) -> np.ndarray:

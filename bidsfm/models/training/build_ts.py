@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...references import reference
 from .abide import (
     ABIDE_CITATION,
     ABIDE_LOSO_SCHEME,
@@ -37,23 +38,12 @@ __all__ = ["BRAINJEPA_CITATION", "GRADIENT_CITATIONS", "VARIANCE_TERM_CITATIONS"
            "abide_ts_embeddings", "fit_abide_readout", "random_control_validation",
            "pretraining_gain", "build_ts_model"]
 
-BRAINJEPA_CITATION = ("Dong Z. et al. (2024) Brain-JEPA: Brain dynamics foundation model with "
-                      "gradient positioning and spatiotemporal masking. NeurIPS 2024.")
-GRADIENT_CITATIONS = [
-    "Margulies D.S. et al. (2016) Situating the default-mode network along a principal "
-    "gradient of macroscale cortical organization. PNAS 113:12574-12579.",
-    "Vos de Wael R. et al. (2020) BrainSpace: a toolbox for the analysis of macroscale "
-    "gradients in neuroimaging and connectomics datasets. Commun Biol 3:103.",
-    "Coifman R.R. & Lafon S. (2006) Diffusion maps. Appl Comput Harmon Anal 21:5-30.",
-]
+BRAINJEPA_CITATION = reference("brainjepa")
+GRADIENT_CITATIONS = [reference("margulies2016"), reference("vosdewael2020"),
+                      reference("coifman2006")]
 
 
-VARIANCE_TERM_CITATIONS = [
-    "Bardes A., Ponce J. & LeCun Y. (2022) VICReg: Variance-invariance-covariance "
-    "regularization for self-supervised learning. ICLR 2022.",
-    "Mo S. & Tong S. (2024) Connecting joint-embedding predictive architecture with contrastive "
-    "self-supervised learning. NeurIPS 2024.",
-]
+VARIANCE_TERM_CITATIONS = [reference("vicreg"), reference("mo2024")]
 
 
 def abide_gradients(series: list[np.ndarray], n_components: int = 30) -> np.ndarray:
