@@ -165,7 +165,7 @@ set -e
 
 n_runs=$(find "$demo/bids/sub-01" -name '*_desc-preproc_bold.nii.gz' | wc -l)
 [ "$n_runs" -gt 0 ] || fail "the demo dataset has no BOLD run for sub-01"
-for pattern in '_stat-mean_timeseries.tsv' '_seg-CC200_meas-PearsonCorrelation_relmat.tsv' \
+for pattern in '_atlas-CC200_stat-mean_timeseries.tsv' '_atlas-CC200_stat-pearsoncorrelation_relmat.tsv' \
                '_desc-bidsfmfc_embedding.tsv' '_desc-bidsfmfc_predictions.tsv'; do
   n=$(find "$demo/out/sub-01" -name "*$pattern" -size +0 | wc -l)
   [ "$n" = "$n_runs" ] || fail "expected $n_runs non-empty *$pattern file(s) in $demo/out/sub-01, found $n"
