@@ -106,6 +106,16 @@ def normalize_subject(subject: str) -> str:
     return label
 
 
+def _subject_folder(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>``, which must exist (ConfigError for a bad label)."""
+    label = normalize_subject(subject)
+    subject_dir = output_dir / f"sub-{label}"
+    if not subject_dir.is_dir():
+        raise InputDataError(f"no outputs for participant sub-{label}", path=subject_dir,
+                             remedy="Run the participant level for this participant first")
+    return subject_dir
+
+
 def find_runs(subject_dir: Path) -> list[RunOutputs]:
     """Every run/atlas with a QC table, plus interrupted ones (time series but no QC table)."""
     found: dict[Path, RunOutputs] = {}
@@ -148,11 +158,7 @@ def write_subject_report(output_dir: Path, subject: str, *, figures: bool = True
         If the output folder holds no ``sub-<label>`` folder.
     """
     output_dir = Path(output_dir)
-    label = normalize_subject(subject)
-    subject_dir = output_dir / f"sub-{label}"
-    if not subject_dir.is_dir():
-        raise InputDataError(f"no outputs for participant sub-{label}", path=subject_dir,
-                             remedy="Run the participant level for this participant first")
+    subject_dir = _subject_folder(output_dir, subject)
     runs = find_runs(subject_dir)
     body = [_summary(runs, subject_dir, output_dir)]
     body += [_run_section(run, subject_dir, figures) for run in runs]
@@ -161,8 +167,8 @@ def write_subject_report(output_dir: Path, subject: str, *, figures: bool = True
     tools = ", ".join(f"{g.get('Name')} {g.get('Version', '')}".strip()
                       for g in (desc or {}).get("GeneratedBy", []) if isinstance(g, dict))
     subtitle = f"{len(runs)} run(s) x atlas in {output_dir}" + (f" · {tools}" if tools else "")
-    text = h.page(f"bidsfm report: sub-{label}", subtitle, "\n".join(body), toc)
-    return h.write_page(output_dir / f"sub-{label}.html", text)
+    text = h.page(f"bidsfm report: {subject_dir.name}", subtitle, "\n".join(body), toc)
+    return h.write_page(output_dir / f"{subject_dir.name}.html", text)
 
 
 def _qc_row(run: RunOutputs) -> tuple[dict[str, Any], str | None]:
@@ -225,7 +231,7 @@ def _run_section(run: RunOutputs, subject_dir: Path, figures: bool = True) -> st
     elif status != "ok":
         kind = "bad" if status == "error" else "warn"
         parts.append(h.note(f"Run {status}: {qc.get('reason') or 'no reason recorded'}", kind))
-    figs = _signal_figures(run, qc, status, figures)
+    figs = _signal_figures(run, qc, status, subject_dir, figures)
     parts.append('<div class="grid"><div>' + _qc_table(run, qc) + "</div>" + figs[0] + "</div>")
     if len(figs) > 1:
         parts.append('<div class="grid">' + "".join(figs[1:]) + "</div>")
@@ -273,7 +279,7 @@ def _qc_table(run: RunOutputs, qc: dict[str, Any]) -> str:
         [(k, v) for k, v in pairs if v not in (None, "")], raw_keys=raw)
 
 
-def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str,
+def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str, subject_dir: Path,
                     figures_on: bool = True) -> list[str]:
     """HTML of the carpet plot, FC matrix and coverage figures (or notes saying why not)."""
     if status in ("skipped", "error") and not run.path(TS_SUFFIX).is_file():
@@ -319,10 +325,8 @@ def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str,
                              f"mask; {int((vals < thr).sum())} ROI(s) below {thr:g}."))
     else:
         figs.append(h.note(problem or "coverage table is empty", "warn"))
-    subject_dir = next((p for p in run.base.parents if p.name.startswith("sub-")), None)
-    png_path = (subject_dir / "figures" / (run.base.name + PLACEMENT_FIGURE_TAIL)
-                if subject_dir else None)
-    if png_path is not None and png_path.is_file():
+    png_path = subject_dir / "figures" / (run.base.name + PLACEMENT_FIGURE_TAIL)
+    if png_path.is_file():
         how = qc.get("atlas_transform") or "see the QC table"
         figs.append(h.figure_file(png_path, "atlas placement", f"Atlas {run.atlas} on this "
                                   "run's grid: brain mask in grey, parcel borders in colour, "
@@ -474,14 +478,10 @@ def redraw_figures(output_dir: Path, subject: str) -> tuple[list[Path], list[str
     InputDataError
         If the output folder holds no ``sub-<label>`` folder.
     """
-    from ..utils import atomic_path
+    from ..utils import write_bytes_atomic
 
     output_dir = Path(output_dir)
-    label = normalize_subject(subject)
-    subject_dir = output_dir / f"sub-{label}"
-    if not subject_dir.is_dir():
-        raise InputDataError(f"no outputs for participant sub-{label}", path=subject_dir,
-                             remedy="Run the participant level for this participant first")
+    subject_dir = _subject_folder(output_dir, subject)
     written, problems = [], []
     for run in find_runs(subject_dir):
         qc, _ = _qc_row(run)
@@ -495,7 +495,5 @@ def redraw_figures(output_dir: Path, subject: str) -> tuple[list[Path], list[str
             problems.append(f"{run.output('statmap', model)}: cannot be drawn "
                             f"({type(exc).__name__}: {exc})")
             continue
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(png)
-        written.append(path)
+        written.append(write_bytes_atomic(path, png))
     return written, problems
