@@ -52,8 +52,22 @@ def _labels(parts: list[Atlas]):
     return labels
 
 
-def _join_on_first_grid(parts: list[Atlas]):
-    """The joined label array on the first part's grid, with that grid's affine."""
+def join_on_first_grid(parts: list[Atlas]):
+    """The joined label array on the first part's grid.
+
+    Each part is placed on the first part's grid by nearest neighbour (a template transform
+    when templates differ and TemplateFlow has it), its ROIs renumbered to follow the earlier
+    parts' (1..n1, n1+1..n1+n2, ...); where parts overlap, the earlier part keeps the voxel.
+
+    Returns
+    -------
+    joined : np.ndarray
+        int32 label array.
+    affine : np.ndarray
+        The first part's affine.
+    overlaps : list of int
+        Per part, the voxels it lost to earlier parts.
+    """
     import nibabel as nb
     import numpy as np
 
@@ -62,7 +76,7 @@ def _join_on_first_grid(parts: list[Atlas]):
     ref = nb.load(str(parts[0].image))
     shape = tuple(int(s) for s in ref.shape[:3])
     joined = np.zeros(shape, dtype=np.int32)
-    offset = 0
+    offset, overlaps = 0, []
     for part in parts:
         labels, _ = resample_labels(part, ref.affine, shape, target_space=parts[0].template)
         index = part.labels["index"].to_numpy(dtype=np.int64)
@@ -70,13 +84,10 @@ def _join_on_first_grid(parts: list[Atlas]):
         lut[index] = offset + np.arange(1, index.size + 1)
         mapped = lut[np.clip(labels, 0, None)]
         free = joined == 0
-        overlap = int(((~free) & (mapped > 0)).sum())
-        if overlap:
-            LOGGER.debug("%s: %d voxel(s) overlap earlier parts and keep the earlier label",
-                         part.name, overlap)
+        overlaps.append(int(((~free) & (mapped > 0)).sum()))
         joined[free] = mapped[free]
         offset += index.size
-    return joined, np.asarray(ref.affine, dtype=np.float64)
+    return joined, np.asarray(ref.affine, dtype=np.float64), overlaps
 
 
 def combine(parts: list[Atlas]) -> Atlas:
@@ -122,7 +133,11 @@ def combine(parts: list[Atlas]) -> Atlas:
         path = _folder() / f"{stem}.nii.gz"
     labels = _labels(parts)
     if not path.is_file():
-        joined, affine = _join_on_first_grid(parts)
+        joined, affine, overlaps = join_on_first_grid(parts)
+        for part, overlap in zip(parts, overlaps, strict=True):
+            if overlap:
+                LOGGER.debug("%s: %d voxel(s) overlap earlier parts and keep the earlier "
+                             "label", part.name, overlap)
         img = nb.Nifti1Image(joined.astype(np.int16 if len(labels) < 32767 else np.int32),
                              affine)
         img.header["descrip"] = f"bidsfm: {' + '.join(p.name for p in parts)}"[:79].encode()

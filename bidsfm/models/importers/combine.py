@@ -16,11 +16,10 @@ __all__ = ["combine_atlases"]
 def combine_atlases(specs: list[str], out_path: str | Path) -> Path:
     """Stack several label atlases into one, in the given order (e.g. Tian S3 + Schaefer400x17).
 
-    Each atlas's ROIs (in its label-table order) are renumbered to follow the previous atlases'
-    (1..n1, n1+1..n1+n2, ...). Every atlas is brought onto the first one's voxel grid by
-    nearest neighbour (:func:`bidsfm.atlases.resample_labels`, with a template transform when
-    the templates differ and TemplateFlow has it); where atlases overlap, the earlier one keeps
-    the voxel. A TSV (``index``, ``name``) is written beside the image, so that
+    The labels are joined as ``A+B`` atlases are (:func:`bidsfm.atlases.combine.
+    join_on_first_grid`: ROIs renumbered in the given order on the first atlas's grid, earlier
+    atlases keep overlapping voxels), but kept as a user file with the parts' own ROI
+    names. A TSV (``index``, ``name``) is written beside the image, so that
     ``NAME=OUT_PATH`` is a complete user atlas.
 
     Parameters
@@ -46,7 +45,8 @@ def combine_atlases(specs: list[str], out_path: str | Path) -> Path:
 
     import nibabel as nib
 
-    from ...atlases import resample_labels, resolve_atlas
+    from ...atlases import resolve_atlas
+    from ...atlases.combine import join_on_first_grid
     from ...errors import AtlasNotFoundError
     from ...utils import atomic_path, write_text_atomic
 
@@ -63,26 +63,16 @@ def combine_atlases(specs: list[str], out_path: str | Path) -> Path:
         atlases = [resolve_atlas(s) for s in specs]
     except AtlasNotFoundError as err:
         raise ConfigError(f"cannot combine: {err.one_line()}") from None
-    ref = nib.load(str(atlases[0].image))
-    shape = tuple(int(s) for s in ref.shape[:3])
-    combined = np.zeros(shape, dtype=np.int32)
+    combined, affine, overlaps = join_on_first_grid(atlases)
     lines, offset = ["index\tname"], 0
-    for atlas in atlases:
-        labels, _info = resample_labels(atlas, ref.affine, shape, target_space=atlases[0].template)
-        index = atlas.labels["index"].to_numpy(dtype=np.int64)
-        lut = np.zeros(int(max(index.max(), labels.max())) + 1, dtype=np.int32)
-        lut[index] = offset + np.arange(1, index.size + 1)
-        mapped = lut[np.clip(labels, 0, None)]
-        free = combined == 0
-        overlap = int(((~free) & (mapped > 0)).sum())
+    for atlas, overlap in zip(atlases, overlaps, strict=True):
         if overlap:
             logging.getLogger(__name__).warning(
                 "%s: %d voxel(s) overlap earlier atlases and keep the earlier label",
                 atlas.name, overlap)
-        combined[free] = mapped[free]
         lines += [f"{offset + k + 1}\t{n}" for k, n in enumerate(atlas.roi_names)]
-        offset += index.size
-    img = nib.Nifti1Image(combined, ref.affine)
+        offset += atlas.n_rois
+    img = nib.Nifti1Image(combined, affine)
     img.set_data_dtype(np.int16 if offset < 32767 else np.int32)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
