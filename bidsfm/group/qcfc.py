@@ -22,13 +22,6 @@ METHOD = ("Pearson correlation across participants of each FC edge with mean fra
           "two-sided p from the t distribution (n - 2 df).")
 
 
-def read_fc(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """ROI names and the (R, R) matrix of an FC relmat TSV (``n/a`` = NaN)."""
-    from ..derivatives import read_relmat
-
-    return read_relmat(path)
-
-
 def edge_correlations(fc: np.ndarray, fd: np.ndarray) -> tuple[np.ndarray, np.ndarray,
                                                                 np.ndarray]:
     """Pairwise-complete Pearson r of every column of ``fc`` (P, M) with ``fd`` (P,).
@@ -81,7 +74,7 @@ def subject_fc(fc_files: list[tuple[str, Path]], qc: pd.DataFrame, atlas: str
     ids, rois, fc, fd
         Participants, ROI names, (P, M) upper-triangle FC and (P,) mean FD.
     """
-    from ..derivatives import parse_name
+    from ..derivatives import parse_name, read_relmat
     from .collect import entity_columns
 
     qa = qc[(qc["atlas"].astype(str) == atlas) & (qc["status"].astype(str) == "ok")]
@@ -102,7 +95,7 @@ def subject_fc(fc_files: list[tuple[str, Path]], qc: pd.DataFrame, atlas: str
         fd = fd_of.get(key)
         if fd is None or not np.isfinite(fd):
             continue  # no QC row with status ok (skipped, failed or stale)
-        names, mat = read_fc(path)
+        names, mat = read_relmat(path)
         if not rois:
             rois = names
             iu = np.triu_indices(len(rois), k=1)
