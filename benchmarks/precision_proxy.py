@@ -27,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _runs(shared: Path, per_site: int):
+def abide_runs(shared: Path, per_site: int):
+    """The first ``per_site`` ABIDE participants without missing ROIs of each site: their
+    table rows, CC200 time series (float64) and repetition times."""
     import numpy as np
     import pandas as pd
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("precision_proxy: ABIDE time series not found (../shared/data/abide); set "
                  "--shared-data")
     torch.set_num_threads(args.threads)
-    pick, series, trs = _runs(Path(shared), args.per_site)
+    pick, series, trs = abide_runs(Path(shared), args.per_site)
     print(f"{len(series)} ABIDE runs ({pick['site'].nunique()} sites, {args.per_site} per "
           f"site), CC200; torch {torch.__version__}; {platform.node()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

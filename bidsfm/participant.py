@@ -62,6 +62,8 @@ class Plan:
     runs: dict[str, list[BoldRun]] = field(default_factory=dict)
     problems: list[RunProblem] = field(default_factory=list)
     atlas_problems: list[str] = field(default_factory=list)
+    #: encode the runs of all participants in one model node (the model runs on a GPU)
+    encode_together: bool = False
 
     @property
     def n_runs(self) -> int:
@@ -199,8 +201,13 @@ def resolve_model_and_atlases(config: Config, inputs: Inputs) -> Plan:
         LOGGER.error("%s", msg)
         atlas_problems.append(msg)
         model = None
+    together = False
+    if model is not None:
+        from .models.device import uses_gpu
+
+        together = uses_gpu(config.model.device)
     return Plan(options=dataclasses.replace(inputs.options, atlases=usable), model=model,
-                heads=heads, atlas_problems=atlas_problems)
+                heads=heads, atlas_problems=atlas_problems, encode_together=together)
 
 
 def model_atlas_spec(model: ModelCard, requested: list[str]) -> str:
@@ -360,18 +367,23 @@ def progress_labels(plan: Plan, figures: bool) -> dict[str, tuple[str, str]]:
     from .workflow import node_name
 
     labels: dict[str, tuple[str, str]] = {}
+    what = "embeddings, predictions, attention" + (", figures" if figures else "")
     for p, runs in plan.runs.items():
         if not runs:
             continue
         for i, run in enumerate(runs):
             labels[f"sub_{p}_wf.{node_name(run, i)}"] = (
                 run.prefix, "extraction, denoising, connectivity")
-        if plan.model is not None:
+        if plan.model is not None and not plan.encode_together:
             labels[f"sub_{p}_wf.encode_model"] = (
-                f"sub-{p}", f"model {plan.model.name} on {len(runs)} run(s): embeddings, "
-                "predictions, attention" + (", figures" if figures else ""))
+                f"sub-{p}", f"model {plan.model.name} on {len(runs)} run(s): {what}")
         labels[f"report:{p}"] = (f"sub-{p}", "HTML report" + ("" if figures else
                                                                " (no figures)"))
+    if plan.model is not None and plan.encode_together and plan.n_runs:
+        n_sub = sum(1 for runs in plan.runs.values() if runs)
+        labels["bidsfm_wf.encode_model"] = (
+            f"{n_sub} participant(s)", f"model {plan.model.name} on the GPU, {plan.n_runs} "
+            f"run(s) together: {what}")
     return labels
 
 
@@ -414,7 +426,8 @@ def run_workflow(config: Config, inputs: Inputs, plan: Plan, steps: Any = None) 
                         model=None if plan.model is None else str(plan.model.folder),
                         device=model.device, batch_size=model.batch_size,
                         mem_mb=execution.mem_mb, heads=plan.heads, figures=execution.figures,
-                        precision=model.precision, attention_steps=model.attention_steps)
+                        precision=model.precision, attention_steps=model.attention_steps,
+                        encode_together=plan.encode_together)
     plugin = plugin_settings(execution.nprocs, execution.mem_mb,
                              None if execution.use_plugin is None else str(execution.use_plugin))
     if steps is not None and not str(plugin["plugin"]).endswith("Graph"):

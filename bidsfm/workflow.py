@@ -106,7 +106,8 @@ class _EncodeOutputSpec(TraitedSpec):
 
 
 class EncodeParticipant(SimpleInterface):
-    """Encode all runs of a participant in one batch (embeddings, predictions, attention).
+    """Encode all runs of a participant in one batch (embeddings, predictions, attention); on a
+    GPU, the runs of every participant of the job together (:func:`init_bidsfm_wf`).
 
     Like :class:`ProcessRun`, the node never crashes: a model that cannot be loaded (a corrupt
     or foreign weights file) or a failure while encoding is returned as ``status == "error"``
@@ -233,8 +234,6 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
     attention_steps : int
         Integrated-gradients steps of the attention maps.
     """
-    from nipype.interfaces import utility as niu
-
     wf = pe.Workflow(name=name or f"sub_{participant}_wf")
     opts = options.to_dict()
     run_nodes = []
@@ -249,18 +248,32 @@ def init_participant_wf(participant: str, runs: list[BoldRun], options: Processi
         wf.add_nodes([node])
         run_nodes.append(node)
     if model and run_nodes:
-        merge = pe.Node(niu.Merge(len(run_nodes), ravel_inputs=True), name="gather_runs")
-        for i, node in enumerate(run_nodes, start=1):
-            wf.connect(node, "results", merge, f"in{i}")
-        encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
-                                           device=device, output_dir=str(output_dir),
-                                           omp_nthreads=omp_nthreads, batch_size=batch_size,
-                                           heads=list(heads or []), figures=bool(figures),
-                                           precision=precision,
-                                           attention_steps=attention_steps),
-                         name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
-        wf.connect(merge, "out", encode, "run_results")
+        _add_encode_node(wf, [(node, "results") for node in run_nodes], runs,
+                         model=model, device=device, output_dir=output_dir,
+                         omp_nthreads=omp_nthreads, batch_size=batch_size, heads=heads,
+                         figures=figures, precision=precision, attention_steps=attention_steps)
     return wf
+
+
+def _add_encode_node(wf: pe.Workflow, sources: list[tuple[Any, str]], runs: list[BoldRun], *,
+                     model: str, device: str, output_dir: str | Path, omp_nthreads: int,
+                     batch_size: int, heads: list[str] | None, figures: bool, precision: str,
+                     attention_steps: int) -> pe.Node:
+    """Add the model node of ``runs`` to ``wf``, after every ``(node, output)`` in ``sources``
+    (the run nodes, or ``(participant workflow, "<run node>.results")``)."""
+    from nipype.interfaces import utility as niu
+
+    merge = pe.Node(niu.Merge(len(sources), ravel_inputs=True), name="gather_runs")
+    for i, (node, field) in enumerate(sources, start=1):
+        wf.connect(node, field, merge, f"in{i}")
+    encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
+                                       device=device, output_dir=str(output_dir),
+                                       omp_nthreads=omp_nthreads, batch_size=batch_size,
+                                       heads=list(heads or []), figures=bool(figures),
+                                       precision=precision, attention_steps=attention_steps),
+                     name="encode_model", mem_gb=1.0, n_procs=omp_nthreads)
+    wf.connect(merge, "out", encode, "run_results")
+    return encode
 
 
 def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: ProcessingOptions,
@@ -269,8 +282,14 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                    model: str | None = None, device: str = "cpu", batch_size: int = 64,
                    mem_mb: int | None = None, heads: list[str] | None = None,
                    figures: bool = True, precision: str = "float32",
-                   attention_steps: int = 32) -> pe.Workflow:
-    """Top-level workflow: one sub-workflow per participant, base dir under the work dir."""
+                   attention_steps: int = 32, encode_together: bool = False) -> pe.Workflow:
+    """Top-level workflow: one sub-workflow per participant, base dir under the work dir.
+
+    The model runs once per participant (its runs in one batch), or, with
+    ``encode_together`` (the participant level sets it when the model runs on a GPU), once
+    for the whole job: one ``encode_model`` node after every participant's runs, so the GPU
+    gets the runs of all participants in its batches and the model is loaded once.
+    """
     wf = pe.Workflow(name="bidsfm_wf", base_dir=str(work_dir))
     crash_dir = Path(work_dir) / "crash"
     wf.config["execution"].update({
@@ -283,16 +302,26 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
         "hash_method": "timestamp",
         "create_report": False,
     })
+    sources: list[tuple[Any, str]] = []
+    all_runs: list[BoldRun] = []
     for participant, runs in runs_by_participant.items():
         if runs:
-            wf.add_nodes([init_participant_wf(participant, runs, options, output_dir,
-                                              dataset_name=dataset_name,
-                                              atlas_index_dir=Path(work_dir) / "atlas_index",
-                                              omp_nthreads=omp_nthreads, model=model,
-                                              device=device, batch_size=batch_size,
-                                              mem_mb=mem_mb, heads=heads, figures=figures,
-                                              precision=precision,
-                                              attention_steps=attention_steps)])
+            sub = init_participant_wf(participant, runs, options, output_dir,
+                                      dataset_name=dataset_name,
+                                      atlas_index_dir=Path(work_dir) / "atlas_index",
+                                      omp_nthreads=omp_nthreads,
+                                      model=None if encode_together else model,
+                                      device=device, batch_size=batch_size, mem_mb=mem_mb,
+                                      heads=heads, figures=figures, precision=precision,
+                                      attention_steps=attention_steps)
+            wf.add_nodes([sub])
+            sources += [(sub, f"{node_name(run, i)}.results") for i, run in enumerate(runs)]
+            all_runs += runs
+    if model and encode_together and all_runs:
+        _add_encode_node(wf, sources, all_runs, model=model, device=device,
+                         output_dir=output_dir, omp_nthreads=omp_nthreads,
+                         batch_size=batch_size, heads=heads, figures=figures,
+                         precision=precision, attention_steps=attention_steps)
     return wf
 
 

@@ -127,6 +127,39 @@ def test_python_api(tiny_ds, encoded):
     assert att.shape == (1, 200)
 
 
+def test_runs_of_all_participants_encoded_together(encoded, tiny_ds, tmp_path, capsys,
+                                                    monkeypatch, caplog):
+    """On a GPU (forced here on the CPU) one model node encodes the runs of every participant
+    of the job: the outputs are those of one node per participant."""
+    import logging
+
+    import bidsfm.models.device as device_mod
+
+    monkeypatch.setattr(device_mod, "uses_gpu", lambda device: True)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="bidsfm"):
+        code, text = run_cli([tiny_ds["root"], out, "participant", "--participant-label", "01",
+                              "02", "-w", tmp_path / "work", "--min-time", "0"], capsys)
+    assert code == 0, text
+    assert "2 participant(s)" in text and "run(s) together" in text, text
+    nodes = {p.name for p in (tmp_path / "work" / "bidsfm_wf").iterdir()}
+    assert "encode_model" in nodes  # one node at the top of the workflow...
+    assert not list((tmp_path / "work" / "bidsfm_wf").glob("sub_*_wf/encode_model"))
+    ref = encoded["out"]
+    for pattern in ("*_embedding.tsv", "*_predictions.tsv", "*_attention.tsv"):
+        got = sorted(out.rglob(pattern))
+        assert len(got) == len(_files(ref, pattern)) > 2
+        for path in got:  # ...whose outputs equal those of one node per participant, to the
+            # float32 round-off of a larger batch (5 runs in one forward pass instead of 3 + 2)
+            a = pd.read_csv(path, sep="\t", na_values="n/a")
+            b = pd.read_csv(ref / path.relative_to(out), sep="\t", na_values="n/a")
+            assert list(a.columns) == list(b.columns)
+            num = a.select_dtypes("number").columns
+            pd.testing.assert_frame_equal(a.drop(columns=num), b.drop(columns=num))
+            np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float),
+                                       rtol=1e-4, atol=1e-6, err_msg=path.name)
+
+
 def test_rerun_reuses_model_outputs(encoded, tiny_ds, capsys):
     out = encoded["out"]
     emb = _files(out, "*_embedding.tsv")[0]

@@ -87,6 +87,39 @@ def test_shared_passes_equal_per_head_reference(model, fcs):
         _assert_close(model.attribution(fcs, name, steps=16), ref)
 
 
+def test_runs_batched_in_one_pass_equal_one_run_at_a_time(model, fcs, monkeypatch):
+    """On a GPU the path points of several runs share a forward pass (runs_per_pass); the
+    attributions equal the one-run-at-a-time computation the CPU uses, per head and per run
+    (two missing ROIs in the second run, a third run in a last, smaller group)."""
+    from bidsfm.models.attention import integrated_gradients_heads
+    from bidsfm.models.heads import MULTICLASS, LinearHead
+
+    three = np.concatenate([fcs, _demo_fc(2, missing=(199,))[None]])
+    emb_dim = model.card["embedding_size"]
+    multi = LinearHead("m", MULTICLASS, ["a", "b", "c"], np.zeros(emb_dim), np.ones(emb_dim),
+                       np.random.default_rng(5).normal(size=(3, emb_dim)) * 0.01, np.zeros(3))
+    heads = {**model.heads, "m": [multi.class_head(k) for k in (2, 0, 1)]}
+    one = integrated_gradients_heads(model, three, heads, steps=12, chunk=5)
+    sizes: list[int] = []
+    original = model.encoder.embed_tangent
+
+    def counting(path, valid):
+        sizes.append(len(path))
+        assert valid.shape == (len(path), 200)
+        return original(path, valid)
+
+    monkeypatch.setattr(model.encoder, "embed_tangent", counting)
+    batched = integrated_gradients_heads(model, three, heads, steps=12, chunk=5,
+                                         runs_per_pass=2)
+    assert sizes == [10, 10, 4, 5, 5, 2]  # 2 runs x (5, 5, 2 points), then 1 run
+    assert list(batched) == list(heads)
+    for name in heads:
+        _assert_close(batched[name], one[name])
+        assert np.isnan(batched[name][2, 199]) and np.isnan(batched[name][1, [5, 77]]).all()
+    with pytest.raises(ValueError, match="runs_per_pass"):
+        integrated_gradients_heads(model, three, heads, steps=4, runs_per_pass=0)
+
+
 def test_one_head_per_run(model, fcs):
     """A sequence of heads (e.g. each run's predicted class) attributes each run to its own."""
     from bidsfm.models.heads import MULTICLASS, LinearHead

@@ -245,18 +245,20 @@ class FoundationModel:
         return integrated_gradients(self, fc, head, steps=steps, baseline=baseline)
 
     def attributions(self, fc: np.ndarray, heads: Mapping[str, Any] | None = None,
-                     steps: int = 32, baseline: np.ndarray | None = None
-                     ) -> dict[str, np.ndarray]:
+                     steps: int = 32, baseline: np.ndarray | None = None,
+                     runs_per_pass: int | None = None) -> dict[str, np.ndarray]:
         """Integrated-gradients attributions of several heads from shared forward passes.
 
         ``heads`` maps output names to linear heads (or to one head per run); default every
         head of the model. Equal to :meth:`attribution` per head up to float32 round-off
-        (:func:`.attention.integrated_gradients_heads`).
+        (:func:`.attention.integrated_gradients_heads`, where ``runs_per_pass`` is explained:
+        by default one run per pass on the CPU, several on a GPU).
         """
         from .attention import integrated_gradients_heads
 
         return integrated_gradients_heads(self, fc, self.heads if heads is None else heads,
-                                          steps=steps, baseline=baseline)
+                                          steps=steps, baseline=baseline,
+                                          runs_per_pass=runs_per_pass)
 
 
 class PreparedRuns:
