@@ -58,7 +58,7 @@ def fabricate(root: Path, n_participants: int, runs: int, emb_size: int, seed: i
                 continue
             emb = rng.standard_normal(emb_size)
             (func / f"{stem}_desc-bidsfmfc_embedding.tsv").write_text(
-                header + "\n" + "\t".join(f"{v:.6g}" for v in emb) + "\n")
+                header + "\n" + "\t".join(f"{v:.8g}" for v in emb) + "\n")
             p = float(rng.random())
             (func / f"{stem}_desc-bidsfmfc_predictions.tsv").write_text(
                 "head\tvalue\tprobability\tprobability_of\n"
@@ -67,30 +67,26 @@ def fabricate(root: Path, n_participants: int, runs: int, emb_size: int, seed: i
     return n_participants * runs
 
 
-def time_collection(root: Path) -> tuple[float, float, int]:
-    """Seconds and peak MB to collect and write the group tables; rows collected."""
+def time_collection(root: Path, nprocs: int = 1) -> tuple[float, float, float, int]:
+    """Seconds to collect, seconds to write the group tables, peak MB (this process and its
+    largest worker); rows collected."""
     import pandas as pd
 
     from bidsfm.derivatives import group_table_name
-    from bidsfm.group.collect import collect_outputs, subject_embeddings, write_table
+    from bidsfm.group.collect import collect_outputs, write_table
+    from bidsfm.group.run import write_cohort_tables
 
     t0 = time.perf_counter()
-    coll = collect_outputs(root)
+    coll = collect_outputs(root, nprocs=nprocs)
+    t1 = time.perf_counter()
     gdir = root / "group"
+    gdir.mkdir(parents=True, exist_ok=True)
     write_table(coll.qc, gdir / group_table_name("runs_qc"))
-    for name, (ents, values, cols) in coll.embeddings.items():
-        write_table(pd.concat([ents.reset_index(drop=True), pd.DataFrame(values, columns=cols)],
-                              axis=1), gdir / group_table_name("runs_embedding", model=name))
-        ids, mean, n_runs = subject_embeddings(ents, values)
-        write_table(pd.concat([pd.DataFrame({"participant_id": ids, "n_runs": n_runs}),
-                               pd.DataFrame(mean, columns=cols)], axis=1),
-                    gdir / group_table_name("subjects_embedding", model=name))
-    for name, frame in coll.predictions.items():
-        write_table(frame, gdir / group_table_name("runs_predictions", model=name))
-    write_table(pd.DataFrame(coll.exclusions), gdir / group_table_name("exclusions"))
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    return seconds, peak, len(coll.qc)
+    write_cohort_tables(coll, gdir, None, None, [], False, nprocs=nprocs)
+    t2 = time.perf_counter()
+    peak = max(resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return t1 - t0, t2 - t1, peak, len(coll.qc)
 
 
 def main() -> None:
@@ -101,18 +97,26 @@ def main() -> None:
     parser.add_argument("--embedding-size", type=int, default=20100,
                         help="embedding columns per run (bundled bidsfmfc 2.x: 20100)")
     parser.add_argument("--keep", default=None, help="fabricate under this folder and keep it")
+    parser.add_argument("--nprocs", type=int, nargs="+", default=[1],
+                        help="processes (the group level's --nprocs); one row per value")
     args = parser.parse_args()
-    print("| participants | runs | collect + write group tables (s) | runs / s | "
-          "peak RSS so far (MB) |")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"embedding columns: {args.embedding_size}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print()
+    print("| participants | runs | --nprocs | collect (s) | write group tables (s) | total (s) | "
+          "runs / s | peak RSS so far (MB) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.sizes:
         with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
             root = Path(tmp) / "out"
             runs = fabricate(root, n, args.runs_per_participant, args.embedding_size)
-            seconds, peak, rows = time_collection(root)
-            assert rows == runs, (rows, runs)
-            print(f"| {n} | {runs} | {seconds:.1f} | {runs / seconds:.0f} | {peak:.0f} |",
-                  flush=True)
+            for nprocs in args.nprocs:
+                collect, write, peak, rows = time_collection(root, nprocs)
+                assert rows == runs, (rows, runs)
+                total = collect + write
+                print(f"| {n} | {runs} | {nprocs} | {collect:.1f} | {write:.1f} | {total:.1f} | "
+                      f"{runs / total:.0f} | {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

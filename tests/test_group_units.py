@@ -301,3 +301,50 @@ def test_collect_fabricated_outputs(tmp_path):
     assert n_runs.sum() == len(ents)
     only = collect_outputs(tmp_path, ["00001"])
     assert set(only.qc["participant_id"]) == {"sub-00001"}
+
+
+def test_parallel_collection_and_tables_equal_one_process(tmp_path, monkeypatch):
+    """--nprocs at the group level: embeddings parsed by forked workers and the wide tables
+    formatted by them give the same collection and the same bytes as one process, unreadable
+    embeddings included."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from group_scale import fabricate
+
+    import bidsfm.group.collect as collect
+    from bidsfm.group.run import write_cohort_tables
+
+    monkeypatch.setattr(collect, "PARALLEL_MIN_FILES", 4)
+    monkeypatch.setattr(collect, "PARALLEL_MIN_ROWS", 4)
+    fabricate(tmp_path / "out", 15, 2, 60, seed=3)
+    embs = sorted((tmp_path / "out").rglob("*_embedding.tsv"))
+    header, row = embs[3].read_text().split("\n")[:2]
+    embs[3].write_text(header + "\n" + row.rsplit("\t", 1)[0] + "\n")  # a value missing
+    header, row = embs[5].read_text().split("\n")[:2]
+    cells = row.split("\t")
+    cells[0] = cells[7] = "n/a"
+    embs[5].write_text(header + "\n" + "\t".join(cells) + "\n")  # NaN values
+    runs = {}
+    for nprocs in (1, 2):
+        coll = collect.collect_outputs(tmp_path / "out", nprocs=nprocs)
+        gdir = tmp_path / f"group{nprocs}"
+        gdir.mkdir()
+        write_cohort_tables(coll, gdir, None, None, [], False, nprocs=nprocs)
+        runs[nprocs] = (coll, {p.name: p.read_bytes() for p in gdir.iterdir()})
+    (c1, files1), (c2, files2) = runs[1], runs[2]
+    ents1, values1, cols1 = c1.embeddings["bidsfmfc"]
+    ents2, values2, cols2 = c2.embeddings["bidsfmfc"]
+    pd.testing.assert_frame_equal(ents1, ents2)
+    np.testing.assert_array_equal(values1, values2)
+    assert cols1 == cols2 and np.isnan(values1).any()
+    assert c1.exclusions == c2.exclusions
+    assert any("unreadable embedding" in e["reason"] for e in c1.exclusions)
+    assert sorted(files1) == sorted(files2) and len(files1) >= 3
+    for name in files1:
+        assert files1[name] == files2[name], name
+    table = files1[next(n for n in files1 if "runs_embedding" in n)].decode()
+    assert "\tn/a" in table and len(table.splitlines()) == len(ents1) + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,80 @@ class _VectorReader:
         return header, arr
 
 
+#: with ``nprocs`` > 1, tables and file lists below these sizes stay in one process (starting
+#: workers costs more than it saves)
+PARALLEL_MIN_FILES = 200
+PARALLEL_MIN_ROWS = 200
+
+
+def _fork_pool(nprocs: int):
+    """A pool of ``nprocs`` forked workers (they inherit this process's memory, so large
+    arrays reach them without copying), or None where fork is not available."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        return None
+    return mp.get_context("fork").Pool(nprocs)
+
+
+def _read_vector_chunk(paths: list[Path]) -> tuple[list[list[str]], list[tuple]]:
+    """Worker: ``(headers, [(header index, values, None) or (-1, None, error)])`` of files."""
+    reader = _VectorReader()
+    headers: list[list[str]] = []
+    out: list[tuple] = []
+    for path in paths:
+        try:
+            header, values = reader(path)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            out.append((-1, None, exc))
+            continue
+        if not headers or header is not headers[-1]:
+            headers.append(header)
+        out.append((len(headers) - 1, values, None))
+    return headers, out
+
+
+def read_vectors(paths: list[Path], nprocs: int = 1
+                 ) -> list[tuple[list[str], np.ndarray] | Exception]:
+    """Header and values of each one-row numeric TSV (embeddings), or the error reading it.
+
+    Parameters
+    ----------
+    paths : list of Path
+        The files, in the order wanted.
+    nprocs : int
+        Processes to parse with (the files are parsed in chunks by forked workers when there
+        are at least :data:`PARALLEL_MIN_FILES`; the result is the same).
+
+    Returns
+    -------
+    list
+        Per path, ``(header, values)`` or the ``OSError``/``ValueError``/``UnicodeDecodeError``
+        raised while reading it.
+    """
+    pool = _fork_pool(nprocs) if nprocs > 1 and len(paths) >= PARALLEL_MIN_FILES else None
+    if pool is None:
+        parts = [_read_vector_chunk(paths)]
+    else:
+        bounds = np.linspace(0, len(paths), 4 * nprocs + 1).astype(int)
+        with pool:
+            parts = pool.map(_read_vector_chunk, [paths[a:b] for a, b in
+                                                  zip(bounds[:-1], bounds[1:], strict=True)])
+    out: list[tuple[list[str], np.ndarray] | Exception] = []
+    last: list[str] | None = None
+    for headers, rows in parts:
+        for k, values, error in rows:
+            if error is not None:
+                out.append(error)
+                continue
+            header = headers[k]
+            if header == last:  # one list object per distinct header, as in one process
+                header = last
+            last = header
+            out.append((header, values))
+    return out
+
+
 @dataclass
 class Collection:
     """Everything gathered from an output folder.
@@ -128,8 +203,8 @@ def _func_dirs(sub_dir: Path) -> list[Path]:
     return out
 
 
-def collect_outputs(output_dir: str | Path, participants: list[str] | None = None
-                    ) -> Collection:
+def collect_outputs(output_dir: str | Path, participants: list[str] | None = None,
+                    nprocs: int = 1) -> Collection:
     """Read every participant's QC, embedding and prediction TSVs from ``output_dir``.
 
     Parameters
@@ -138,6 +213,8 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
         bidsfm derivatives root.
     participants : list of str, optional
         Labels (without ``sub-``) to keep; default every ``sub-*`` folder.
+    nprocs : int
+        Processes to parse the embeddings with (``--nprocs``; :func:`read_vectors`).
 
     Returns
     -------
@@ -208,7 +285,8 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
                                     if k not in stale_keys]
             if not fc_files[atlas_name]:
                 del fc_files[atlas_name]
-    read_vector = _VectorReader()
+    vectors = iter(read_vectors([path for _m, kind, path, _e, key in model_files
+                                 if kind == "embedding" and qc_status.get(key) == "ok"], nprocs))
     for model, kind, path, ents, key in model_files:
         cols = entity_columns(ents)
         atlas = ents.get(ATLAS_ENTITY, "n/a")
@@ -221,7 +299,10 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
             continue
         try:
             if kind == "embedding":
-                header, values = read_vector(path)
+                found = next(vectors)
+                if isinstance(found, Exception):
+                    raise found
+                header, values = found
                 store = emb.setdefault(model, {"rows": [], "values": [], "header": header})
                 if header != store["header"]:
                     raise ValueError("embedding columns differ from the other runs'")
@@ -331,19 +412,21 @@ def subject_embeddings(ents: pd.DataFrame, values: np.ndarray
     return ids, sums / n_runs[:, None], n_runs
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+def write_table(frame: pd.DataFrame, path: str | Path, nprocs: int = 1) -> Path:
     """Write a group table atomically (tab-separated, ``n/a`` for missing, ``%.6g`` floats).
 
     Wide numeric blocks (embeddings: 1,600 to 20,100 columns) are formatted with one %-format
     per row, about five times faster than pandas, one row at a time (memory does not grow
-    with the table beyond its array).
+    with the table beyond its array). With ``nprocs`` > 1 and at least
+    :data:`PARALLEL_MIN_ROWS` rows, forked workers format slices of the rows into part files
+    that are then joined (the same bytes).
     """
     from ..utils import atomic_path
 
     cols = list(frame.columns)
     n_block = 0
-    for c in reversed(cols):
-        if not pd.api.types.is_float_dtype(frame[c]):
+    for dtype in reversed(list(frame.dtypes)):
+        if not pd.api.types.is_float_dtype(dtype):
             break
         n_block += 1
     with atomic_path(path) as tmp:
@@ -358,14 +441,55 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
                                             ).split("\n")
         else:
             lead_lines = [None] * (len(frame) + 1)
-        row_fmt = "\t".join(["%.6g"] * n_block)
-        values = frame[block_cols].to_numpy(dtype=np.float64)
+        values = frame.iloc[:, len(lead):].to_numpy(dtype=np.float64)
         with open(tmp, "w") as f:
             head = "\t".join(str(c) for c in block_cols)
             f.write((lead_lines[0] + "\t" + head if lead else head) + "\n")
-            for i in range(len(values)):  # one row of Python floats at a time (memory)
-                line = row_fmt % tuple(values[i].tolist())
-                if "nan" in line:
-                    line = "\t".join("n/a" if t == "nan" else t for t in line.split("\t"))
-                f.write((lead_lines[i + 1] + "\t" + line if lead else line) + "\n")
+            global _ROWS_JOB
+            _ROWS_JOB = (values, lead_lines[1:] if lead else None)  # before the fork
+            pool = (_fork_pool(nprocs) if nprocs > 1 and len(values) >= PARALLEL_MIN_ROWS
+                    else None)
+            if pool is None:
+                _ROWS_JOB = None
+                _write_rows(f, values, lead_lines[1:] if lead else None, 0, len(values))
+                return Path(path)
+            bounds = np.linspace(0, len(values), 4 * nprocs + 1).astype(int)
+            parts = [(int(a), int(b), f"{tmp}.part{k}") for k, (a, b)
+                     in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+            try:
+                with pool:
+                    pool.starmap(_write_rows_part, parts)
+                f.flush()
+                for _a, _b, part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, f.buffer, 1 << 22)
+            finally:
+                _ROWS_JOB = None
+                for _a, _b, part in parts:
+                    Path(part).unlink(missing_ok=True)
     return Path(path)
+
+
+#: the table a forked worker of :func:`write_table` formats (inherited, never pickled)
+_ROWS_JOB: tuple[np.ndarray, list[str] | None] | None = None
+
+
+def _write_rows(f, values: np.ndarray, lead_lines: list[str] | None, start: int,
+                stop: int) -> None:
+    """Write rows ``start:stop`` of ``values`` (``%.6g``, ``n/a`` for NaN) after their lead
+    cells."""
+    row_fmt = "\t".join(["%.6g"] * values.shape[1])
+    for i in range(start, stop):  # one row of Python floats at a time (memory)
+        line = row_fmt % tuple(values[i].tolist())
+        if "nan" in line:
+            line = "\t".join("n/a" if t == "nan" else t for t in line.split("\t"))
+        f.write((lead_lines[i] + "\t" + line if lead_lines is not None else line) + "\n")
+
+
+def _write_rows_part(start: int, stop: int, part: str) -> None:
+    """Worker of :func:`write_table`: rows ``start:stop`` of the inherited table to ``part``."""
+    if _ROWS_JOB is None:
+        raise RuntimeError("write_table's worker started without its table")
+    values, lead_lines = _ROWS_JOB
+    with open(part, "w") as f:
+        _write_rows(f, values, lead_lines, start, stop)

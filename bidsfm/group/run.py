@@ -63,7 +63,8 @@ def run_group_level(config: Config) -> int:
     # the participants table and the columns named by options are checked before any writing
     table, table_path = read_participants_table(config, parsed)
     t0 = time.time()
-    coll = collect_outputs(output_dir, labels or None)
+    nprocs = config.execution.nprocs
+    coll = collect_outputs(output_dir, labels or None, nprocs=nprocs)
     LOGGER.info("collected %d QC row(s) of %d participant(s) in %.1f s", len(coll.qc),
                 len(coll.participants), time.time() - t0)
     gdir = output_dir / "group"
@@ -71,7 +72,8 @@ def run_group_level(config: Config) -> int:
     write_config(config)
     write_table(coll.qc, gdir / group_table_name("runs_qc"))
     model_name, model_card = resolve_group_model(config.model.model, sorted(coll.embeddings))
-    write_cohort_tables(coll, gdir, table, table_path, labels, bool(parsed["needs_table"]))
+    write_cohort_tables(coll, gdir, table, table_path, labels, bool(parsed["needs_table"]),
+                        nprocs=nprocs)
     outcome = run_analyses(config, parsed, coll, table, table_path, model_name, model_card)
     outcome["qcfc"] = {} if config.group.no_qcfc else qcfc(coll, gdir)
     record = build_record(config, started, table_path, coll, model_name, outcome)
@@ -220,19 +222,20 @@ def read_participants_table(config: Config, parsed: dict[str, Any]
 
 
 def write_cohort_tables(coll, gdir: Path, table: pd.DataFrame | None, table_path: Path | None,
-                        labels: list[str], needs_table: bool) -> None:
+                        labels: list[str], needs_table: bool, nprocs: int = 1) -> None:
     """The embedding and prediction tables of every model, and the exclusions table (with the
-    participants missing from, or not listed in, participants.tsv)."""
+    participants missing from, or not listed in, participants.tsv); the wide embedding tables
+    formatted by ``nprocs`` processes."""
     from .collect import subject_embeddings, write_table
 
     for name, (ents, values, cols) in coll.embeddings.items():
         frame = pd.concat([ents.reset_index(drop=True),
                            pd.DataFrame(values, columns=cols)], axis=1)
-        write_table(frame, gdir / group_table_name("runs_embedding", model=name))
+        write_table(frame, gdir / group_table_name("runs_embedding", model=name), nprocs)
         ids, mean, n_runs = subject_embeddings(ents, values)
         subj = pd.concat([pd.DataFrame({"participant_id": ids, "n_runs": n_runs}),
                           pd.DataFrame(mean, columns=cols)], axis=1)
-        write_table(subj, gdir / group_table_name("subjects_embedding", model=name))
+        write_table(subj, gdir / group_table_name("subjects_embedding", model=name), nprocs)
     for name, frame in coll.predictions.items():
         write_table(frame, gdir / group_table_name("runs_predictions", model=name))
     if table is not None:
