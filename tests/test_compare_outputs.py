@@ -348,13 +348,6 @@ def test_every_rule_is_documented():
 
 
 # ------------------------------------------------------------------ real outputs
-#: what the comparison finds today between a default run and --no-figures + --reports-only
-KNOWN = ("--reports-only does not redraw the atlas-placement figures "
-         "(sub-01/figures/*_desc-placement_bold.png only in the default run; sub-01.html lacks "
-         "its 'atlas placement' figures) and rewrites logs/CITATION.md with the 'model' option "
-         "as 'bidsfmfc' in another row instead of the resolved model folder")
-
-
 @pytest.fixture(scope="module")
 def real_pair(tmp_path_factory, tiny_ds):
     """sub-01 (3 runs, 2 sessions) processed twice: default options; --no-figures then
@@ -396,16 +389,13 @@ def test_real_outputs_data_identical(real_pair):
     attention = [r for r in report.results if r.path.endswith("_desc-bidsfmfc_attention.png")]
     assert len(attention) == 3
     assert all(r.status in ("identical", "allowed") for r in attention)
-    for res in report.problems():
-        known = (res.path.endswith("_desc-placement_bold.png") and res.status == "only_old"
-                 or res.path in ("sub-01.html", "logs/CITATION.md")
-                 or _option_difference(res))
-        assert known, (res.path, res.status, res.detail)
+    placement = [r for r in report.results if r.path.endswith("_desc-placement_bold.png")]
+    assert len(placement) == 3  # redrawn by --reports-only from the mask and the atlas copy
+    assert all(r.status in ("identical", "allowed") for r in placement)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN)
 def test_real_outputs_same_apart_from_allowed(real_pair):
-    """The issue's check: nothing a user sees changes except figure pixels and timestamps.
-    Strict: when the known differences are fixed this passes and the marker must go."""
+    """The issue's check: nothing a user sees changes except figure pixels and timestamps
+    (figures made afterwards with --reports-only are the figures of a default run)."""
     problems = [r for r in real_pair.problems() if not _option_difference(r)]
     assert problems == [], co.format_report(real_pair)

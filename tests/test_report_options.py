@@ -153,13 +153,17 @@ def test_cli_no_figures_then_reports_only(tiny_ds, tmp_path):
     work2 = tmp_path / "work2"
     assert not work2.exists() or [p.name for p in work2.iterdir()] == ["matplotlib"]
     pngs = sorted(out.rglob("*.png"))
-    assert len(pngs) == 2  # both runs of sub-02 have model outputs
+    # both runs of sub-02 have model outputs (attention) and a label atlas (placement, drawn
+    # from the brain mask of the input named in DatasetLinks and the atlas copy in sourcedata)
+    assert len(pngs) == 4
+    assert len([p for p in pngs if p.name.endswith("_desc-placement_bold.png")]) == 2
     after = _files(out)
     changed = sorted(k for k in after if before.get(k) != after[k])
     assert all(k.endswith((".png", ".html", "CITATION.md")) for k in changed), changed
     text = (out / "sub-02.html").read_text(encoding="utf-8")
     assert text.count('alt="attention glass brain"') == 2
     assert text.count('alt="carpet plot"') == 2
+    assert text.count('alt="atlas placement"') == 2
     assert "[1/1] sub-02" in job["log"]
 
     # a normal rerun reuses the model outputs and draws a PNG that is missing
@@ -204,3 +208,25 @@ def test_cli_model_none_imports_no_torch(tiny_ds, tmp_path):
                 "02", "-w", tmp_path / "work", "--model", "none", "--min-time", "0"])
     assert job["code"] == 0, job["log"][-2000:]
     assert not set(job["heavy"]) & {"torch", "nilearn", "sklearn"}, job["heavy"]
+
+
+def test_reports_only_without_the_input_says_which_placement_figures_are_missing(
+        tiny_ds, tmp_path):
+    """The placement figure needs the run's brain mask: when the input dataset named in
+    DatasetLinks is gone, --reports-only still draws the rest, names each run whose
+    placement figure it could not draw and exits 1."""
+    import shutil
+
+    src = tmp_path / "input"
+    shutil.copytree(tiny_ds["root"], src)
+    out = tmp_path / "out"
+    job = _job([src, out, "participant", "--participant-label", "02", "-w", tmp_path / "work",
+                "--no-figures", "--min-time", "0", "--model", "none"])
+    assert job["code"] == 0, job["log"][-2000:]
+    shutil.rmtree(src)
+    job = _job(["/nonexistent/input", out, "participant", "--reports-only"])
+    assert job["code"] == 1
+    assert job["log"].count("atlas placement figure not drawn") == 2, job["log"][-2000:]
+    assert job["log"].count("input file not found") == 2
+    assert list(out.rglob("*_desc-placement_bold.png")) == []
+    assert (out / "sub-02.html").is_file()

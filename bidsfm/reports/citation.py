@@ -377,6 +377,8 @@ def build_citation(output_dir: Path, options: dict[str, Any]) -> str:
     fmriprep = next((g for g in upstream if str(g.get("Name", "")).lower() == "fmriprep"), None)
     atlases = [str(a) for a in (opts.get("atlases") or ["CC200"])]
     card = _model_card(opts.get("model"))
+    if card and card.get("name") and opts.get("model") is not None:
+        opts["model"] = str(card["name"])  # the model's name, not where it is installed
     if card and card.get("atlas"):
         atlas = card["atlas"].get("name") if isinstance(card["atlas"], dict) else card["atlas"]
         if atlas and atlas not in atlases:

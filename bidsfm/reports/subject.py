@@ -106,7 +106,7 @@ def normalize_subject(subject: str) -> str:
     return label
 
 
-def _subject_folder(output_dir: Path, subject: str) -> Path:
+def subject_folder(output_dir: Path, subject: str) -> Path:
     """``OUTPUT_DIR/sub-<label>``, which must exist (ConfigError for a bad label)."""
     label = normalize_subject(subject)
     subject_dir = output_dir / f"sub-{label}"
@@ -158,7 +158,7 @@ def write_subject_report(output_dir: Path, subject: str, *, figures: bool = True
         If the output folder holds no ``sub-<label>`` folder.
     """
     output_dir = Path(output_dir)
-    subject_dir = _subject_folder(output_dir, subject)
+    subject_dir = subject_folder(output_dir, subject)
     runs = find_runs(subject_dir)
     body = [_summary(runs, subject_dir, output_dir)]
     body += [_run_section(run, subject_dir, figures) for run in runs]
@@ -481,7 +481,7 @@ def redraw_figures(output_dir: Path, subject: str) -> tuple[list[Path], list[str
     from ..utils import write_bytes_atomic
 
     output_dir = Path(output_dir)
-    subject_dir = _subject_folder(output_dir, subject)
+    subject_dir = subject_folder(output_dir, subject)
     written, problems = [], []
     for run in find_runs(subject_dir):
         qc, _ = _qc_row(run)
