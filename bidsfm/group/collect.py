@@ -55,38 +55,6 @@ def _read_tsv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-class _VectorReader:
-    """Reads one-row numeric TSVs (embeddings) fast: the header line, identical across the runs
-    of one model, is split once and reused; the values are parsed by numpy's C parser
-    (``n/a`` = NaN), with a strict count check (an empty cell is an error, as before)."""
-
-    def __init__(self) -> None:
-        self._line: str | None = None
-        self._header: list[str] = []
-
-    def __call__(self, path: Path) -> tuple[list[str], np.ndarray]:
-        """Header and values of a one-row numeric TSV."""
-        with open(path) as f:
-            line = f.readline().rstrip("\n")
-            values = f.readline().rstrip("\n")
-        if line != self._line:
-            self._line, self._header = line, line.split("\t")
-        header = self._header
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                arr = np.fromstring(values.replace("n/a", "nan"), sep="\t")
-            except ValueError:
-                arr = np.empty(0)
-        if len(arr) != len(header) or values.count("\t") + 1 != len(header):
-            cells = values.split("\t")
-            if len(cells) != len(header):
-                raise ValueError(f"{len(cells)} values for {len(header)} columns")
-            arr = np.array([v if v not in ("n/a", "") else "nan" for v in cells],
-                           dtype=np.float64)
-        return header, arr
-
-
 #: with ``nprocs`` > 1, tables and file lists below these sizes stay in one process (starting
 #: workers costs more than it saves)
 PARALLEL_MIN_FILES = 200
@@ -103,62 +71,112 @@ def _fork_pool(nprocs: int):
     return mp.get_context("fork").Pool(nprocs)
 
 
-def _read_vector_chunk(paths: list[Path]) -> tuple[list[list[str]], list[tuple]]:
-    """Worker: ``(headers, [(header index, values, None) or (-1, None, error)])`` of files."""
-    reader = _VectorReader()
-    headers: list[list[str]] = []
-    out: list[tuple] = []
-    for path in paths:
+def _read_row(path: Path) -> tuple[bytes, bytes]:
+    """The header line and the values line of a one-row TSV, as bytes (no decoding)."""
+    with open(path, "rb") as f:
+        return f.readline().rstrip(b"\r\n"), f.readline().rstrip(b"\r\n")
+
+
+def _parse_row(values: bytes, width: int) -> np.ndarray:
+    """``width`` numbers of a tab-separated line (``n/a`` = NaN) by numpy's C parser, with a
+    strict count check (a wrong number of cells is an error; an empty cell is read as NaN)."""
+    if b"n/a" in values:
+        values = values.replace(b"n/a", b"nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            header, values = reader(path)
+            arr = np.fromstring(values, sep="\t")
+        except ValueError:
+            arr = np.empty(0)
+    if len(arr) != width or values.count(b"\t") + 1 != width:
+        cells = values.split(b"\t")
+        if len(cells) != width:
+            raise ValueError(f"{len(cells)} values for {width} columns")
+        arr = np.array([v if v else b"nan" for v in cells], dtype=np.float64)
+    return arr
+
+
+#: what a forked worker of :func:`read_vectors` parses: the paths, the output rows (shared
+#: memory) and the header line every file must have (inherited, never pickled)
+_VECTORS_JOB: tuple[list[Path], np.ndarray, bytes] | None = None
+
+
+def _parse_rows(start: int, stop: int) -> dict[int, Exception]:
+    """Parse files ``start:stop`` of :data:`_VECTORS_JOB` into its rows; the errors by index."""
+    if _VECTORS_JOB is None:
+        raise RuntimeError("read_vectors' worker started without its files")
+    paths, out, header = _VECTORS_JOB
+    errors: dict[int, Exception] = {}
+    for i in range(start, stop):
+        try:
+            head, values = _read_row(paths[i])
+            if head != header:
+                raise ValueError("embedding columns differ from the other runs'")
+            out[i] = _parse_row(values, out.shape[1])
         except (OSError, ValueError, UnicodeDecodeError) as exc:
-            out.append((-1, None, exc))
-            continue
-        if not headers or header is not headers[-1]:
-            headers.append(header)
-        out.append((len(headers) - 1, values, None))
-    return headers, out
+            errors[i] = exc
+    return errors
 
 
 def read_vectors(paths: list[Path], nprocs: int = 1
-                 ) -> list[tuple[list[str], np.ndarray] | Exception]:
-    """Header and values of each one-row numeric TSV (embeddings), or the error reading it.
+                 ) -> tuple[list[str], np.ndarray, dict[int, Exception]]:
+    """Read one-row numeric TSVs with the same columns (one model's embeddings).
 
     Parameters
     ----------
     paths : list of Path
         The files, in the order wanted.
     nprocs : int
-        Processes to parse with (the files are parsed in chunks by forked workers when there
-        are at least :data:`PARALLEL_MIN_FILES`; the result is the same).
+        Processes to parse with: with at least :data:`PARALLEL_MIN_FILES` files, forked
+        workers parse slices of them straight into a shared array (the result is the same).
 
     Returns
     -------
-    list
-        Per path, ``(header, values)`` or the ``OSError``/``ValueError``/``UnicodeDecodeError``
-        raised while reading it.
+    header : list of str
+        The columns (of the first readable file; empty if none is).
+    values : np.ndarray
+        (len(paths), len(header)) float64; the rows of files in ``errors`` are undefined.
+    errors : dict
+        Index -> the ``OSError``/``ValueError``/``UnicodeDecodeError`` that kept the file out
+        (unreadable, a wrong number of values, other columns than the first file's).
     """
-    pool = _fork_pool(nprocs) if nprocs > 1 and len(paths) >= PARALLEL_MIN_FILES else None
-    if pool is None:
-        parts = [_read_vector_chunk(paths)]
+    global _VECTORS_JOB
+    errors: dict[int, Exception] = {}
+    header_line, header, first = None, [], 0
+    for first, path in enumerate(paths):  # the columns: those of the first readable file
+        try:
+            header_line = _read_row(path)[0]
+            header = header_line.decode("utf-8").split("\t")
+            break
+        except (OSError, UnicodeDecodeError) as exc:
+            errors[first] = exc
+            header_line = None
+    if header_line is None:
+        return [], np.empty((len(paths), 0)), errors
+    n, width = len(paths), len(header)
+    parallel = nprocs > 1 and n - first >= PARALLEL_MIN_FILES
+    if parallel:
+        import mmap
+
+        shared = mmap.mmap(-1, max(1, n * width * 8))
+        values = np.frombuffer(shared, dtype=np.float64, count=n * width).reshape(n, width)
     else:
-        bounds = np.linspace(0, len(paths), 4 * nprocs + 1).astype(int)
-        with pool:
-            parts = pool.map(_read_vector_chunk, [paths[a:b] for a, b in
-                                                  zip(bounds[:-1], bounds[1:], strict=True)])
-    out: list[tuple[list[str], np.ndarray] | Exception] = []
-    last: list[str] | None = None
-    for headers, rows in parts:
-        for k, values, error in rows:
-            if error is not None:
-                out.append(error)
-                continue
-            header = headers[k]
-            if header == last:  # one list object per distinct header, as in one process
-                header = last
-            last = header
-            out.append((header, values))
-    return out
+        values = np.empty((n, width))
+    _VECTORS_JOB = (paths, values, header_line)  # before the fork
+    try:
+        pool = _fork_pool(nprocs) if parallel else None
+        if pool is None:
+            errors.update(_parse_rows(first, n))
+        else:
+            bounds = np.linspace(first, n, 4 * nprocs + 1).astype(int).tolist()
+            with pool:
+                for part in pool.starmap(_parse_rows, zip(bounds[:-1], bounds[1:],
+                                                          strict=True)):
+                    errors.update(part)
+            values = values.copy()  # out of the shared mapping
+    finally:
+        _VECTORS_JOB = None
+    return header, values, errors
 
 
 @dataclass
@@ -285,8 +303,12 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
                                     if k not in stale_keys]
             if not fc_files[atlas_name]:
                 del fc_files[atlas_name]
-    vectors = iter(read_vectors([path for _m, kind, path, _e, key in model_files
-                                 if kind == "embedding" and qc_status.get(key) == "ok"], nprocs))
+    emb_paths: dict[str, list[Path]] = {}
+    for model, kind, path, _e, key in model_files:
+        if kind == "embedding" and qc_status.get(key) == "ok":
+            emb_paths.setdefault(model, []).append(path)
+    read = {model: read_vectors(paths, nprocs) for model, paths in emb_paths.items()}
+    position = dict.fromkeys(emb_paths, -1)
     for model, kind, path, ents, key in model_files:
         cols = entity_columns(ents)
         atlas = ents.get(ATLAS_ENTITY, "n/a")
@@ -299,15 +321,13 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
             continue
         try:
             if kind == "embedding":
-                found = next(vectors)
-                if isinstance(found, Exception):
-                    raise found
-                header, values = found
-                store = emb.setdefault(model, {"rows": [], "values": [], "header": header})
-                if header != store["header"]:
-                    raise ValueError("embedding columns differ from the other runs'")
+                position[model] += 1
+                header, _values, failed = read[model]
+                if position[model] in failed:
+                    raise failed[position[model]]
+                store = emb.setdefault(model, {"rows": [], "index": [], "header": header})
                 store["rows"].append({**cols, "atlas": atlas})
-                store["values"].append(values)
+                store["index"].append(position[model])
             else:
                 for row in _read_tsv_rows(path):
                     preds.setdefault(model, []).append({**cols, **row})
@@ -329,7 +349,10 @@ def collect_outputs(output_dir: str | Path, participants: list[str] | None = Non
                      participants=[s.name for s in subs])
     for model, store in emb.items():
         ents_df = order_columns(pd.DataFrame(store["rows"]))
-        out.embeddings[model] = (ents_df, np.vstack(store["values"]), store["header"])
+        values = read[model][1]
+        index = np.asarray(store["index"])
+        keep = values if len(index) == len(values) else values[index]
+        out.embeddings[model] = (ents_df, keep, store["header"])
     for model, rows in preds.items():
         out.predictions[model] = order_columns(pd.DataFrame(rows))
     return out
