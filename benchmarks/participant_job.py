@@ -23,6 +23,11 @@ waited for). Run by hand, never in the tests::
         --work /tmp/bidsfm-job-bench
 
 Prints markdown tables and the issue's ratios (docs/performance.md).
+
+With ``--scaling N``, instead: N participants of one full-size run each (``--scaling-volumes``
+volumes) and the default job over all of them with ``--nprocs 1`` and ``--nprocs 2`` (and
+``--nprocs N`` where the machine has N cores): wall and CPU time, the speed-up over one
+process and the peak memory of the largest process.
 """
 
 from __future__ import annotations
@@ -276,6 +281,45 @@ def prepare(work: Path, n_volumes: int) -> dict:
     return {**man["runs"][0], "root": man["root"], "shape": man["shape"]}
 
 
+def scaling(work: Path, env: dict[str, str], n_participants: int, n_volumes: int) -> None:
+    """Time the default job over ``n_participants`` participants per ``--nprocs``."""
+    from bidsfm.demo import make_fmriprep_dataset
+
+    root = work / f"fmriprep-scaling-{n_participants}x{n_volumes}"
+    if not (root / "sourcedata" / "bidsfm-demo" / "manifest.json").is_file():
+        print(f"generating {n_participants} full-size runs ({n_volumes} volumes) in {root} ...",
+              flush=True)
+        make_fmriprep_dataset(root, size="full", n_subjects=n_participants, seed=0,
+                              n_volumes=n_volumes)
+    bidsfm = str(Path(sys.executable).with_name("bidsfm"))
+    counts = sorted({1, 2, min(n_participants, os.cpu_count() or 1)})
+    rows = []
+    for nprocs in counts:
+        out = Path(tempfile.mkdtemp(prefix="scale-", dir=work))
+        try:
+            res = measure([bidsfm, str(root), str(out / "out"), "participant", "-w",
+                           str(out / "work"), "--nprocs", str(nprocs)], env, cwd=str(out))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"  --nprocs {nprocs}: {res['wall']:.2f} s, CPU {res['cpu']:.2f} s, "
+              f"{res['rss_mb']:.0f} MB", flush=True)
+        rows.append((nprocs, res))
+    load = os.getloadavg()
+    print()
+    print(f"{n_participants} participants x 1 run (97x115x97, {n_volumes} volumes), default "
+          f"job (model, attention, figures, reports). Machine: {platform.node()}, "
+          f"{os.cpu_count()} CPUs; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+    print()
+    print("| --nprocs | wall (s) | CPU user+sys (s) | speed-up over --nprocs 1 | "
+          "peak RSS of the largest process (MB) |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    base = rows[0][1]["wall"]
+    for nprocs, res in rows:
+        print(f"| {nprocs} | {res['wall']:.2f} | {res['cpu']:.2f} | {base / res['wall']:.2f} | "
+              f"{res['rss_mb']:.0f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every measurement and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -287,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-nilearn", action="store_true")
     parser.add_argument("--note", default="", help="a line printed under the machine line "
                         "(e.g. what else ran on the machine)")
+    parser.add_argument("--scaling", type=int, default=0, metavar="N",
+                        help="instead: N participants, the default job per --nprocs")
+    parser.add_argument("--scaling-volumes", type=int, default=150)
     args = parser.parse_args(argv)
 
     work = args.work.absolute()
@@ -295,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
            "NIPYPE_NO_ET": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     os.environ.update({k: env[k] for k in ("BIDSFM_HOME", "BIDSFM_OFFLINE", "NIPYPE_NO_ET")})
+    if args.scaling:
+        scaling(work, env, args.scaling, args.scaling_volumes)
+        return
     run = prepare(work, args.volumes)
     shape = run["shape"]
     nbytes = 4 * shape[0] * shape[1] * shape[2]

@@ -430,6 +430,10 @@ def run_workflow(config: Config, inputs: Inputs, plan: Plan, steps: Any = None) 
                         encode_together=plan.encode_together)
     plugin = plugin_settings(execution.nprocs, execution.mem_mb,
                              None if execution.use_plugin is None else str(execution.use_plugin))
+    if plugin["plugin"] == "MultiProc":
+        from .workflow import MULTIPROC_POLL_SECONDS
+
+        wf.config["execution"]["poll_sleep_duration"] = MULTIPROC_POLL_SECONDS
     if steps is not None and not str(plugin["plugin"]).endswith("Graph"):
         # Nipype calls it from the scheduling process (Linear, MultiProc, SLURM, SGE, ...);
         # graph plugins submit everything at once and do not support it
@@ -445,24 +449,69 @@ def run_workflow(config: Config, inputs: Inputs, plan: Plan, steps: Any = None) 
 
 def write_reports(config: Config, participants: list[str], steps: Any = None) -> None:
     """Step 6: ``sub-X.html`` for each participant; a report failure never fails the
-    participant."""
+    participant. With ``--nprocs N`` (N > 1), N forked processes write them (the pages are
+    drawn and written the same way; each line reports its own duration)."""
     try:
-        from .reports import write_subject_report
+        from .reports import write_subject_report  # noqa: F401 (reports are installed)
     except ImportError:
         return
-    figures = config.execution.figures
+    global _REPORT_JOB
+    nprocs = config.execution.nprocs
+    pool = None
+    if nprocs > 1 and len(participants) > 1:
+        import multiprocessing as mp
+
+        if "fork" in mp.get_all_start_methods():
+            _REPORT_JOB = (config.output_dir, config.execution.figures)  # before the fork
+            pool = mp.get_context("fork").Pool(min(nprocs, len(participants)))
     for p in participants:
         if steps is not None:
             steps.start(*steps.labels.get(f"report:{p}", (f"sub-{p}", "HTML report")))
+        if pool is None:
+            _REPORT_JOB = (config.output_dir, config.execution.figures)
+            _report_done(steps, *_write_report(p))
+    if pool is not None:
         try:
-            page = write_subject_report(config.output_dir, p, figures=figures)
-            if steps is not None:
-                steps.end(f"sub-{p}", f"{page.name} written")
-        except Exception as exc:
-            if steps is not None:
-                steps.end(f"sub-{p}", "report failed", logging.WARNING)
-            LOGGER.warning("sub-%s: the HTML report could not be written (%s: %s)", p,
-                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            with pool:
+                for done in pool.imap(_write_report, participants):
+                    _report_done(steps, *done)
+        finally:
+            _REPORT_JOB = None
+    _REPORT_JOB = None
+
+
+#: output folder and figures flag of :func:`write_reports` (inherited by forked workers)
+_REPORT_JOB: tuple[Path, bool] | None = None
+
+
+def _write_report(label: str) -> tuple[str, str | None, str | None, float]:
+    """Write one participant's report: ``(label, page name, error line, seconds)``."""
+    import time
+
+    from .reports import write_subject_report
+
+    if _REPORT_JOB is None:
+        raise RuntimeError("write_reports' worker started without its job")
+    output_dir, figures = _REPORT_JOB
+    t0 = time.perf_counter()
+    try:
+        page = write_subject_report(output_dir, label, figures=figures)
+        return label, page.name, None, time.perf_counter() - t0
+    except Exception as exc:
+        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return label, None, line, time.perf_counter() - t0
+
+
+def _report_done(steps: Any, label: str, page: str | None, error: str | None,
+                 seconds: float) -> None:
+    """The progress line (and warning) of one finished report."""
+    if steps is not None:
+        if page is not None:
+            steps.end(f"sub-{label}", f"{page} written", took=seconds)
+        else:
+            steps.end(f"sub-{label}", "report failed", logging.WARNING, took=seconds)
+    if error is not None:
+        LOGGER.warning("sub-%s: the HTML report could not be written (%s)", label, error)
 
 
 def write_citation(config: Config, plan: Plan) -> None:

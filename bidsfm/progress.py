@@ -99,10 +99,14 @@ class Steps:
         else:
             self.logger.info("%s %s: %s", self._tag(number), item, step)
 
-    def end(self, item: str, outcome: str, level: int = logging.INFO) -> None:
-        """A step ends: always one line (with its duration), and the bar advances."""
+    def end(self, item: str, outcome: str, level: int = logging.INFO,
+            took: float | None = None) -> None:
+        """A step ends: always one line (with its duration: ``took`` seconds when given, e.g.
+        measured by a worker process, else the time since :meth:`start`), and the bar
+        advances."""
         self.done_count += 1
-        took = time.perf_counter() - self._started.pop(item, time.perf_counter())
+        since = time.perf_counter() - self._started.pop(item, time.perf_counter())
+        took = since if took is None else took
         self.logger.log(level, "%s %s: %s (%.1f s)", self._tag(min(self.done_count, self.total)),
                         item, outcome, took)
         if self._progress is not None:

@@ -126,7 +126,6 @@ class EncodeParticipant(SimpleInterface):
         from .errors import BidsfmError
         from .models.device import resolve_device
         from .models.registry import load_model
-
         torch.set_num_threads(max(1, self.inputs.omp_nthreads))
         runs = [BoldRun.from_dict(r) for r in self.inputs.runs]
         try:
@@ -263,7 +262,10 @@ def _add_encode_node(wf: pe.Workflow, sources: list[tuple[Any, str]], runs: list
     (the run nodes, or ``(participant workflow, "<run node>.results")``)."""
     from nipype.interfaces import utility as niu
 
-    merge = pe.Node(niu.Merge(len(sources), ravel_inputs=True), name="gather_runs")
+    # a list join: run in the scheduling process, not sent to a worker (one scheduling round
+    # less between the last run and the model)
+    merge = pe.Node(niu.Merge(len(sources), ravel_inputs=True), name="gather_runs",
+                    run_without_submitting=True)
     for i, (node, field) in enumerate(sources, start=1):
         wf.connect(node, field, merge, f"in{i}")
     encode = pe.Node(EncodeParticipant(runs=[r.to_dict() for r in runs], model=model,
@@ -323,6 +325,13 @@ def init_bidsfm_wf(runs_by_participant: dict[str, list[BoldRun]], options: Proce
                          batch_size=batch_size, heads=heads, figures=figures,
                          precision=precision, attention_steps=attention_steps)
     return wf
+
+
+#: seconds between two scheduling rounds of Nipype's MultiProc plugin (Nipype's default, 2 s,
+#: made every node wait up to 2 s after the one it depends on, and made ``--nprocs 2`` slower
+#: than one process on 4 participants). Other plugins keep Nipype's default: for cluster
+#: plugins a round queries the scheduler (``squeue``...)
+MULTIPROC_POLL_SECONDS = 0.05
 
 
 def plugin_settings(nprocs: int, mem_mb: int | None, use_plugin: str | None) -> dict[str, Any]:

@@ -230,3 +230,45 @@ def test_reports_only_without_the_input_says_which_placement_figures_are_missing
     assert job["log"].count("input file not found") == 2
     assert list(out.rglob("*_desc-placement_bold.png")) == []
     assert (out / "sub-02.html").is_file()
+
+
+def test_reports_written_by_several_processes_equal_one(tiny_ds, tmp_path):
+    """--nprocs 2: the participants' reports are written by forked workers, with a progress
+    line each (its own duration); the pages equal those one process writes."""
+    import logging
+    import re
+    from types import SimpleNamespace
+
+    from conftest import run_cli
+
+    from bidsfm.participant import write_reports
+    from bidsfm.progress import Steps
+
+    first = tmp_path / "first"
+    code, _ = run_cli([tiny_ds["root"], first, "participant", "--participant-label", "01", "02",
+                       "-w", tmp_path / "work", "--min-time", "0", "--model", "none"])
+    assert code == 0
+    pages = {}
+    for nprocs in (1, 2):
+        out = _copy(first, tmp_path / f"n{nprocs}")
+        labels = sorted(p.name[4:] for p in out.glob("sub-*") if p.is_dir())
+        assert len(labels) >= 2
+        for page in out.glob("sub-*.html"):
+            page.unlink()
+        config = SimpleNamespace(output_dir=out,
+                                 execution=SimpleNamespace(nprocs=nprocs, figures=True))
+        records: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda r, records=records: records.append(r.getMessage())
+        logger = logging.getLogger(f"test.reports.{nprocs}")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        with Steps("reports", len(labels), logger, bar=False) as steps:
+            steps.labels = {}
+            write_reports(config, labels, steps)
+        done = [r for r in records if "written (" in r]
+        assert len(done) == len(labels), records
+        pages[nprocs] = {p.name: re.sub(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC", "on <time>",
+                                        p.read_text(encoding="utf-8").replace(str(out), "<OUT>"))
+                         for p in out.glob("sub-*.html")}
+    assert pages[1] == pages[2] and len(pages[1]) >= 2
