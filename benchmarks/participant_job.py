@@ -7,7 +7,9 @@ Python process (interpreter start, imports and work included):
 (a)  the decode floor: streaming the BOLD file through nibabel's gzip opener, and through the
      decoder bidsfm uses (python-isal), into a one-volume buffer; the floor is the faster;
 (b)  the data plane alone: ``bidsfm.pipeline.process_run`` (extraction, denoising, FC, the
-     run's derivatives written), CC200, strategy ``simple``;
+     run's derivatives written), CC200, strategy ``simple``; (b') the same with the atlas
+     index already cached in the work folder, as for every run of a cohort after the first
+     on its grid;
 (c)  the command line, one participant: the default job (model, attention, figures and the
      subject report), and the same job with ``--no-figures`` and with ``--model none``;
 (d)  nilearn: ``load_confounds_strategy`` + ``NiftiLabelsMasker`` (CC200, brain mask, detrend,
@@ -87,7 +89,7 @@ run = BoldRun(entities={"subject": r["subject"], "task": r["task"], "run": str(r
               confounds=r["confounds"], confounds_json=r["confounds_json"],
               repetition_time=r["repetition_time"], res="2")
 (res,) = process_run(run, ProcessingOptions(atlases=["CC200"], strategy=sys.argv[3]),
-                     sys.argv[2])
+                     sys.argv[2], atlas_index_dir=sys.argv[4] if len(sys.argv) > 4 else None)
 assert res.status == "ok", res.reason
 """
 
@@ -354,6 +356,14 @@ def main(argv: list[str] | None = None) -> None:
 
     atlas_path = str(resolve_atlas("CC200").image)
 
+    # the atlas index cache of row (b'): filled once by a run that is not measured
+    warm_index = work / "atlas_index_warm"
+    if not warm_index.is_dir():
+        out = Path(tempfile.mkdtemp(prefix="warm-", dir=work))
+        subprocess.run([py, "-c", DATA_PLANE, json.dumps(run), str(out), STRATEGY,
+                        str(warm_index)], env=env, check=True, capture_output=True)
+        shutil.rmtree(out, ignore_errors=True)
+
     def cli(out: Path, *extra: str) -> list[str]:
         return [bidsfm, run["root"], str(out / "out"), "participant", "--participant-label",
                 run["subject"], "-w", str(out / "work"), *extra]
@@ -365,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
          lambda out: [py, "-c", DECODE_ISAL, run["bold"], str(nbytes)]),
         ("(b) data plane: process_run (extraction, cleaning, FC, derivatives)",
          lambda out: [py, "-c", DATA_PLANE, json.dumps(run), str(out), STRATEGY]),
+        ("(b') data plane, atlas index cached (a cohort's runs after the first on a grid)",
+         lambda out: [py, "-c", DATA_PLANE, json.dumps(run), str(out), STRATEGY,
+                      str(warm_index)]),
         ("(c) bidsfm participant, default (model, attention, figures, report)",
          lambda out: cli(out)),
         ("(c) bidsfm participant --no-figures", lambda out: cli(out, "--no-figures")),
@@ -396,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
 
     floor = min(r["wall"] for n, r in results.items() if n.startswith("(a)"))
     plane = next(r for n, r in results.items() if n.startswith("(b)"))
+    warm = next(r for n, r in results.items() if n.startswith("(b')"))
     job = next(r for n, r in results.items() if n.startswith("(c) bidsfm participant, default"))
     load = os.getloadavg()
     size_mb = Path(run["bold"]).stat().st_size / 2**20
@@ -436,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
           f"time {job['cpu'] / plane['cpu']:.2f}")
     floor_cpu = min(r["cpu"] for n, r in results.items() if n.startswith("(a)"))
     print(f"data plane / decode floor = {plane['wall'] / floor:.2f} (target <= 1.5); by CPU "
-          f"time {plane['cpu'] / floor_cpu:.2f}")
+          f"time {plane['cpu'] / floor_cpu:.2f}; with the atlas index cached "
+          f"{warm['wall'] / floor:.2f}")
     print(f"peak RSS of the whole job = {job['rss_mb']:.0f} MB (target < 500)")
 
 

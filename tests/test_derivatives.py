@@ -165,3 +165,38 @@ def test_atlas_dataset_label_and_probabilistic(tmp_path):
                                     "MNI152NLin6Asym", "user", kind="probseg"), "X")
     after = {p: p.stat().st_mtime_ns for p in (out / ATLAS_DATASET).rglob("*") if p.is_file()}
     assert before == after  # written once
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("with_index", [False, True])
+def test_tsv_text_equals_pandas(tmp_path, dtype, with_index):
+    """write_tsv_atomic formats rows itself (5-10x faster than DataFrame.to_csv); the bytes are
+    pandas' (``%.8g``, ``n/a``), for NaN, -0, infinities, tiny and huge values, ROI names with
+    spaces and punctuation; names pandas would quote go through pandas."""
+    from bidsfm.derivatives import tsv_text, write_tsv_atomic
+
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((7, 5)) * 10.0 ** rng.integers(-12, 12, (7, 5))
+    data[0, :] = [np.nan, -0.0, np.inf, -np.inf, 0.0]
+    data[1, :] = [1e-300, 1e300, 123456789.0, -1 / 3, 2 / 3]
+    data = data.astype(dtype)
+    names = ["CC200_001", "Left Hippocampus", "7Networks_LH_Vis_1", "a,b", "R-Thal (ant.)"]
+    rows = [f"row {i}" for i in range(7)] if with_index else None
+
+    def by_pandas(columns, index, values=data):
+        frame = pd.DataFrame(values, columns=list(columns))
+        if index is not None:
+            frame.insert(0, "Node", list(index))
+        return frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.8g")
+
+    assert tsv_text(data, names, index=rows) == by_pandas(names, rows)
+    assert tsv_text(data[:0], names, index=[] if with_index else None) == by_pandas(
+        names, [] if with_index else None, data[:0])
+    # names the CSV writer would quote: pandas writes the file
+    quoted = ["tab\there", 'quote"d', "", "new\nline", "ok"]
+    assert tsv_text(data, quoted) is None
+    path = write_tsv_atomic(tmp_path / "q.tsv", data, quoted, index=rows)
+    assert path.read_text() == by_pandas(quoted, rows)
+    path = write_tsv_atomic(tmp_path / "a.tsv", data, names, index=rows)
+    assert path.read_text() == by_pandas(names, rows)
+    assert tsv_text(np.arange(10).reshape(2, 5), names) is None  # integers: pandas
