@@ -224,7 +224,8 @@ def test_reports_only_without_the_input_says_which_placement_figures_are_missing
                 "--no-figures", "--min-time", "0", "--model", "none"])
     assert job["code"] == 0, job["log"][-2000:]
     shutil.rmtree(src)
-    job = _job(["/nonexistent/input", out, "participant", "--reports-only"])
+    job = _job(["/nonexistent/input", out, "participant", "--reports-only", "-w",
+                tmp_path / "work2"])
     assert job["code"] == 1
     assert job["log"].count("atlas placement figure not drawn") == 2, job["log"][-2000:]
     assert job["log"].count("input file not found") == 2
