@@ -61,15 +61,10 @@ def export(args: argparse.Namespace) -> None:
     import torch
     from precision_proxy import abide_runs
 
-    from bidsfm.demo import resolve_shared_data
     from bidsfm.models.registry import load_model
 
-    shared = args.shared_data or resolve_shared_data()
-    if shared is None or not (Path(shared) / "abide" / "cc200_timeseries.npz").is_file():
-        sys.exit("gpu_agreement: ABIDE time series not found (../shared/data/abide); set "
-                 "--shared-data")
     torch.set_num_threads(args.threads)
-    pick, series, trs = abide_runs(Path(shared), args.per_site)
+    pick, series, trs = abide_runs(args.shared_data, args.per_site, "gpu_agreement")
     data: dict[str, np.ndarray] = {
         "participants": np.asarray(pick["participant_id"], dtype=str),
         "sites": np.asarray(pick["site"], dtype=str),

@@ -70,7 +70,6 @@ def fabricate(root: Path, n_participants: int, runs: int, emb_size: int, seed: i
 def time_collection(root: Path, nprocs: int = 1) -> tuple[float, float, float, int]:
     """Seconds to collect, seconds to write the group tables, peak MB (this process and its
     largest worker); rows collected."""
-    import pandas as pd
 
     from bidsfm.derivatives import group_table_name
     from bidsfm.group.collect import collect_outputs, write_table

@@ -27,11 +27,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def abide_runs(shared: Path, per_site: int):
+def abide_runs(shared: Path | None, per_site: int, script: str):
     """The first ``per_site`` ABIDE participants without missing ROIs of each site: their
-    table rows, CC200 time series (float64) and repetition times."""
+    table rows, CC200 time series (float64) and repetition times. ``shared`` is the shared data
+    folder (default: ``BIDSFM_SHARED_DATA`` or ``../shared/data``); without the ABIDE series the
+    script ``script`` exits with a message."""
     import numpy as np
     import pandas as pd
+
+    from bidsfm.demo import resolve_shared_data
+
+    shared = shared or resolve_shared_data()
+    if shared is None or not (Path(shared) / "abide" / "cc200_timeseries.npz").is_file():
+        sys.exit(f"{script}: ABIDE time series not found (../shared/data/abide); set "
+                 "--shared-data")
+    shared = Path(shared)
 
     table = pd.read_csv(shared / "abide" / "participants.tsv", sep="\t")
     table = table[table["zero_rois"] == 0] if "zero_rois" in table else table
@@ -55,15 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
-    from bidsfm.demo import resolve_shared_data
     from bidsfm.models.registry import list_models, load_model
 
-    shared = args.shared_data or resolve_shared_data()
-    if shared is None or not (Path(shared) / "abide" / "cc200_timeseries.npz").is_file():
-        sys.exit("precision_proxy: ABIDE time series not found (../shared/data/abide); set "
-                 "--shared-data")
     torch.set_num_threads(args.threads)
-    pick, series, trs = abide_runs(Path(shared), args.per_site)
+    pick, series, trs = abide_runs(args.shared_data, args.per_site, "precision_proxy")
     print(f"{len(series)} ABIDE runs ({pick['site'].nunique()} sites, {args.per_site} per "
           f"site), CC200; torch {torch.__version__}; {platform.node()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
