@@ -153,6 +153,12 @@ def _complete(paths: dict[str, Path], phash: str) -> bool:
     return meta.get("ParametersHash") == phash and all(p.is_file() for p in paths.values())
 
 
+#: runs encoded (and their outputs written) together: a job that encodes a whole cohort on a
+#: GPU keeps this many runs' inputs and attributions in memory, and what it has finished stays
+#: written if it is stopped. A participant's runs (on the CPU) are far fewer.
+RUNS_PER_CHUNK = 256
+
+
 def encode_participant(runs: list[BoldRun], model, output_dir: str | Path,
                        attention_steps: int = 32, batch_size: int = 64,
                        figures: bool = True) -> list[dict[str, Any]]:
@@ -207,9 +213,7 @@ def _record_in_qc(res: dict[str, Any], model_name: str) -> None:
 
 
 def _encode(runs, model, output_dir, attention_steps, batch_size, figures, results):
-    import pandas as pd
-
-    atlas, names = model.atlas, model.roi_names
+    atlas = model.atlas
     todo: list[tuple[BoldRun, dict[str, Path], Path, str, Path]] = []
     for run in runs:
         paths = output_paths(run, atlas, output_dir)
@@ -240,8 +244,17 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
                             "_qc": paths["qc"]})
             continue
         todo.append((run, mpaths, paths["fc"], phash, paths["qc"]))
-    if not todo:
-        return results
+    for start in range(0, len(todo), RUNS_PER_CHUNK):
+        _encode_chunk(todo[start:start + RUNS_PER_CHUNK], model, output_dir, attention_steps,
+                      batch_size, figures, results)
+    return results
+
+
+def _encode_chunk(todo, model, output_dir, attention_steps, batch_size, figures, results):
+    """Encode and write the outputs of some runs (at most :data:`RUNS_PER_CHUNK`)."""
+    import pandas as pd
+
+    atlas, names = model.atlas, model.roi_names
     todo, fc_list = _refuse_without_signal(todo, model, names, results)
     if not todo:
         return results

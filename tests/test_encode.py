@@ -250,3 +250,34 @@ def test_no_model_outputs_of_runs_now_skipped(tmp_path, tiny_ds, capsys):
     assert not [p for p in out.rglob("*bidsfmfc*") if p.is_file()]
     assert not list(out.rglob("*_desc-placement_bold.png"))
     assert len(_files(out, "*_qc.tsv")) == n_runs
+
+
+def test_runs_encoded_in_chunks(encoded, tiny_ds, tmp_path, capsys, monkeypatch):
+    """A cohort encoded together (on a GPU) is encoded and written RUNS_PER_CHUNK runs at a
+    time; the outputs are those of one chunk (to float32 round-off of the batch size)."""
+    import bidsfm.encode as encode
+    import bidsfm.models.device as device_mod
+
+    monkeypatch.setattr(device_mod, "uses_gpu", lambda device: True)
+    monkeypatch.setattr(encode, "RUNS_PER_CHUNK", 2)
+    chunks: list[int] = []
+    original = encode._encode_chunk
+
+    def counting(todo, *args):
+        chunks.append(len(todo))
+        return original(todo, *args)
+
+    monkeypatch.setattr(encode, "_encode_chunk", counting)
+    out = tmp_path / "out"
+    code, text = run_cli([tiny_ds["root"], out, "participant", "--participant-label", "01",
+                          "02", "-w", tmp_path / "work", "--min-time", "0"], capsys)
+    assert code == 0, text
+    n_runs = len(_files(encoded["out"], "*_embedding.tsv"))
+    assert sum(chunks) == n_runs and max(chunks) == 2 and len(chunks) == (n_runs + 1) // 2
+    for path in sorted(out.rglob("*_predictions.tsv")):
+        a = pd.read_csv(path, sep="\t", na_values="n/a")
+        b = pd.read_csv(encoded["out"] / path.relative_to(out), sep="\t", na_values="n/a")
+        np.testing.assert_allclose(a["probability"].to_numpy(float),
+                                   b["probability"].to_numpy(float), rtol=1e-4)
+    qc = pd.concat([pd.read_csv(p, sep="\t") for p in out.rglob("*_atlas-CC200_qc.tsv")])
+    assert set(qc["model_status"]) == {"ok"}
