@@ -4,8 +4,9 @@ Generates (once, under ``--work``) one synthetic fMRIPrep run with the demo gene
 (97 x 115 x 97 voxels, 2 mm, 300 volumes, float32, gzip) and times, each as a separate
 Python process (interpreter start, imports and work included):
 
-(a)  the decode floor: streaming the BOLD file through nibabel's gzip opener, and through the
-     decoder bidsfm uses (python-isal), into a one-volume buffer; the floor is the faster;
+(a)  the decode floor: streaming the BOLD file through nibabel's gzip opener, and through
+     python-isal's single-thread and threaded readers (bidsfm's decoders), into a one-volume
+     buffer; the floor is the fastest;
 (b)  the data plane alone: ``bidsfm.pipeline.process_run`` (extraction, denoising, FC, the
      run's derivatives written), CC200, strategy ``simple``; (b') the same with the atlas
      index already cached in the work folder, as for every run of a cohort after the first
@@ -71,6 +72,22 @@ buf = bytearray(nbytes)
 view = memoryview(buf)
 total = 0
 with igzip.open(sys.argv[1], "rb") as f:
+    while True:
+        n = f.readinto(view)
+        if not n:
+            break
+        total += n
+print("decoded", total, "bytes")
+"""
+
+DECODE_ISAL_THREADED = """
+import sys
+from isal import igzip_threaded
+nbytes = int(sys.argv[2])
+buf = bytearray(nbytes)
+view = memoryview(buf)
+total = 0
+with igzip_threaded.open(sys.argv[1], "rb", threads=1, block_size=1 << 20) as f:
     while True:
         n = f.readinto(view)
         if not n:
@@ -371,8 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         ("(a) decode: nibabel's gzip opener", lambda out: [py, "-c", DECODE_NIBABEL,
                                                           run["bold"], str(nbytes)]),
-        ("(a) decode: python-isal igzip (bidsfm's decoder)",
+        ("(a) decode: python-isal igzip, one thread",
          lambda out: [py, "-c", DECODE_ISAL, run["bold"], str(nbytes)]),
+        ("(a) decode: python-isal threaded reader (bidsfm's default with 2+ CPUs)",
+         lambda out: [py, "-c", DECODE_ISAL_THREADED, run["bold"], str(nbytes)]),
         ("(b) data plane: process_run (extraction, cleaning, FC, derivatives)",
          lambda out: [py, "-c", DATA_PLANE, json.dumps(run), str(out), STRATEGY]),
         ("(b') data plane, atlas index cached (a cohort's runs after the first on a grid)",

@@ -147,10 +147,17 @@ def test_iter_volumes_equals_nibabel(tmp_path, name, dtype, slope, extension):
 
 @pytest.mark.parametrize("decoder", ["isal-threaded", "isal", "zlib"])
 def test_decoders_agree(tmp_path, decoder, monkeypatch):
+    import bidsfm.extract as extract
     from bidsfm.extract import DECODER_ENV, gzip_decoder, open_stream
 
     monkeypatch.delenv(DECODER_ENV, raising=False)
-    assert gzip_decoder() == "isal"  # python-isal's single-thread reader by default
+    # python-isal's threaded reader where the process may use a second CPU, else one thread
+    monkeypatch.setattr(extract, "usable_cpus", lambda: 2)
+    assert gzip_decoder() == "isal-threaded"
+    monkeypatch.setattr(extract, "usable_cpus", lambda: 1)
+    assert gzip_decoder() == "isal"
+    monkeypatch.undo()
+    assert extract.usable_cpus() >= 1
     bold, *_ = _make(tmp_path)
     import gzip
 
