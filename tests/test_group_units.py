@@ -348,3 +348,44 @@ def test_parallel_collection_and_tables_equal_one_process(tmp_path, monkeypatch)
         assert files1[name] == files2[name], name
     table = files1[next(n for n in files1 if "runs_embedding" in n)].decode()
     assert "\tn/a" in table and len(table.splitlines()) == len(ents1) + 1
+
+
+@pytest.mark.parametrize("width", [16, 60])  # pandas' writer (< 50 columns) and the row writer
+def test_subject_table_copied_from_runs_equals_formatted(tmp_path, monkeypatch, width):
+    """One run per participant: the subject table is the runs table's rows with other lead
+    columns (nothing formatted twice); the bytes are those of formatting the run means. Two
+    runs for a participant: the means are formatted as before."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from group_scale import fabricate
+
+    import bidsfm.group.collect as collect
+    import bidsfm.group.run as run_mod
+
+    for runs, copies in ((1, True), (2, False)):
+        root = tmp_path / f"r{runs}"
+        fabricate(root / "out", 9, runs, width, seed=5)
+        emb = sorted((root / "out").rglob("*_embedding.tsv"))[0]
+        header, row = emb.read_text().split("\n")[:2]
+        emb.write_text(header + "\n" + "n/a\t" + row.split("\t", 1)[1] + "\n")
+        coll = collect.collect_outputs(root / "out")
+        called = []
+        original = collect.subject_table_from_runs
+
+        def spy(*args, original=original, called=called):
+            called.append(original(*args))
+            return called[-1]
+
+        tables = {}
+        for mode in ("copy", "format"):
+            gdir = root / mode
+            gdir.mkdir()
+            monkeypatch.setattr(collect, "subject_table_from_runs",
+                                spy if mode == "copy" else (lambda *a: False))
+            run_mod.write_cohort_tables(coll, gdir, None, None, [], False)
+            tables[mode] = next(gdir.glob("*subjects_embedding.tsv")).read_bytes()
+        assert called == [copies]
+        assert tables["copy"] == tables["format"]
+        assert b"\tn/a" in tables["copy"] or runs == 2

@@ -435,6 +435,40 @@ def subject_embeddings(ents: pd.DataFrame, values: np.ndarray
     return ids, sums / n_runs[:, None], n_runs
 
 
+def subject_table_from_runs(runs_path: Path, path: Path, ents: pd.DataFrame, ids: list[str],
+                            n_runs: np.ndarray) -> bool:
+    """Write the subject embedding table by copying the runs table's rows, when every
+    participant has one run (as in ABIDE): the run-averaged row is then the run's row, and its
+    ``%.6g`` text is already written, so nothing is formatted twice. Returns False (nothing
+    written) otherwise, or when the runs table is not in the participants' order.
+
+    Parameters
+    ----------
+    runs_path : Path
+        The runs embedding table just written by :func:`write_table` (entity columns, then
+        the embedding).
+    path : Path
+        The subject table to write (``participant_id``, ``n_runs``, the embedding).
+    ents : pd.DataFrame
+        The runs' entity columns (the lead columns of the runs table).
+    ids, n_runs :
+        From :func:`subject_embeddings`.
+    """
+    from ..utils import atomic_path
+
+    if len(ids) != len(ents) or not np.all(np.asarray(n_runs) == 1) \
+            or list(ents["participant_id"]) != list(ids):
+        return False
+    lead = len(ents.columns)
+    with open(runs_path, encoding="utf-8") as src, atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as out:
+            header = src.readline().rstrip("\n").split("\t", lead)
+            out.write("participant_id\tn_runs\t" + header[lead] + "\n")
+            for pid, line in zip(ids, src, strict=True):
+                out.write(f"{pid}\t1\t{line.split(chr(9), lead)[lead]}")
+    return True
+
+
 def write_table(frame: pd.DataFrame, path: str | Path, nprocs: int = 1) -> Path:
     """Write a group table atomically (tab-separated, ``n/a`` for missing, ``%.6g`` floats).
 

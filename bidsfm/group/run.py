@@ -226,16 +226,20 @@ def write_cohort_tables(coll, gdir: Path, table: pd.DataFrame | None, table_path
     """The embedding and prediction tables of every model, and the exclusions table (with the
     participants missing from, or not listed in, participants.tsv); the wide embedding tables
     formatted by ``nprocs`` processes."""
-    from .collect import subject_embeddings, write_table
+    from .collect import subject_embeddings, subject_table_from_runs, write_table
 
     for name, (ents, values, cols) in coll.embeddings.items():
         frame = pd.concat([ents.reset_index(drop=True),
                            pd.DataFrame(values, columns=cols)], axis=1)
-        write_table(frame, gdir / group_table_name("runs_embedding", model=name), nprocs)
+        runs_path = write_table(frame, gdir / group_table_name("runs_embedding", model=name),
+                                nprocs)
+        del frame
         ids, mean, n_runs = subject_embeddings(ents, values)
-        subj = pd.concat([pd.DataFrame({"participant_id": ids, "n_runs": n_runs}),
-                          pd.DataFrame(mean, columns=cols)], axis=1)
-        write_table(subj, gdir / group_table_name("subjects_embedding", model=name), nprocs)
+        subj_path = gdir / group_table_name("subjects_embedding", model=name)
+        if not subject_table_from_runs(runs_path, subj_path, ents, ids, n_runs):
+            subj = pd.concat([pd.DataFrame({"participant_id": ids, "n_runs": n_runs}),
+                              pd.DataFrame(mean, columns=cols)], axis=1)
+            write_table(subj, subj_path, nprocs)
     for name, frame in coll.predictions.items():
         write_table(frame, gdir / group_table_name("runs_predictions", model=name))
     if table is not None:
