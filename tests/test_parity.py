@@ -124,7 +124,8 @@ def test_min_time_skips_with_reason(tmp_path, tiny_ds):
 
 def test_process_run_does_not_import_nilearn(tmp_path, tiny_ds):
     """The per-run hot path (extraction, cleaning with a band-pass and censoring, FC) runs in a
-    fresh process without importing nilearn (or scikit-learn)."""
+    fresh process without importing nilearn (or scikit-learn), nor what a run does not need:
+    click (the atlas command line), matplotlib and the report writers."""
     import json
     import os
     import subprocess
@@ -140,7 +141,9 @@ def test_process_run_does_not_import_nilearn(tmp_path, tiny_ds):
         " upper_bpf=0.08)\n"
         "(res,) = process_run(run, opts, sys.argv[2])\n"
         "assert res.status == 'ok', res.reason\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nilearn', 'sklearn'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nilearn', 'sklearn',"
+        " 'click', 'matplotlib'} | {m for m in sys.modules if m in ('bidsfm.reports.subject',"
+        " 'bidsfm.atlases.cli')}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, json.dumps(run.to_dict()),
                           str(tmp_path / "out")], capture_output=True, text=True,

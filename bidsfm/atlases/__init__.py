@@ -13,7 +13,6 @@ and sha256; :mod:`bidsfm.atlases.store` finds them in the package, the cache
 from __future__ import annotations
 
 from .base import Atlas, templateflow_home
-from .cli import atlas_cli, main
 from .labels import load_label_array
 from .names import (
     NOT_PROVIDED,
@@ -57,3 +56,13 @@ __all__ = [
     "resample_maps", "resample_world", "resolve_atlas", "seed_cache", "seed_folder",
     "template_transform_path", "templateflow_home",
 ]
+
+
+def __getattr__(name: str):
+    """``atlas_cli`` and ``main`` (the ``bidsfm-atlas`` command) are imported on first use:
+    the command line pulls in click, which a processing job does not need."""
+    if name in ("atlas_cli", "main"):
+        from . import cli
+
+        return getattr(cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
