@@ -46,6 +46,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# the decode loop (python-isal readers) and nilearn's pipeline, as extraction_speed.py times them
+from extraction_speed import DECODE, NILEARN
+
 STRATEGY = "simple"
 
 DECODE_NIBABEL = """
@@ -64,29 +67,6 @@ with Opener(sys.argv[1], "rb") as f:
 print("decoded", total, "bytes")
 """
 
-DECODE_ISAL = """
-import sys
-from isal import igzip
-nbytes = int(sys.argv[2])
-buf = bytearray(nbytes)
-view = memoryview(buf)
-total = 0
-with igzip.open(sys.argv[1], "rb") as f:
-    while True:
-        n = f.readinto(view)
-        if not n:
-            break
-        total += n
-print("decoded", total, "bytes")
-"""
-
-# the same loop through python-isal's threaded reader (bidsfm's default with 2+ CPUs)
-DECODE_ISAL_THREADED = DECODE_ISAL.replace(
-    "from isal import igzip", "from isal import igzip_threaded").replace(
-    'igzip.open(sys.argv[1], "rb")',
-    'igzip_threaded.open(sys.argv[1], "rb", threads=1, block_size=1 << 20)')
-assert DECODE_ISAL_THREADED.count("igzip_threaded") == 2
-
 DATA_PLANE = """
 import json, sys
 from bidsfm.discovery import BoldRun
@@ -99,23 +79,6 @@ run = BoldRun(entities={"subject": r["subject"], "task": r["task"], "run": str(r
 (res,) = process_run(run, ProcessingOptions(atlases=["CC200"], strategy=sys.argv[3]),
                      sys.argv[2], atlas_index_dir=sys.argv[4] if len(sys.argv) > 4 else None)
 assert res.status == "ok", res.reason
-"""
-
-NILEARN = """
-import json, sys, warnings
-from nilearn.connectome import ConnectivityMeasure
-from nilearn.interfaces.fmriprep import load_confounds_strategy
-from nilearn.maskers import NiftiLabelsMasker
-from sklearn.covariance import EmpiricalCovariance
-warnings.simplefilter("ignore")
-r = json.loads(sys.argv[1])
-conf, sample_mask = load_confounds_strategy(r["bold"], denoise_strategy=sys.argv[3])
-masker = NiftiLabelsMasker(sys.argv[2], mask_img=r["mask"], detrend=True,
-                           standardize="zscore_sample", t_r=r["repetition_time"])
-ts = masker.fit_transform(r["bold"], confounds=conf, sample_mask=sample_mask)
-fc = ConnectivityMeasure(kind="correlation",
-                         cov_estimator=EmpiricalCovariance()).fit_transform([ts])[0]
-print("nilearn", ts.shape, fc.shape)
 """
 
 #: the instrumented job: every interval of the main thread is charged to the innermost active
@@ -380,9 +343,12 @@ def main(argv: list[str] | None = None) -> None:
         ("(a) decode: nibabel's gzip opener", lambda out: [py, "-c", DECODE_NIBABEL,
                                                           run["bold"], str(nbytes)]),
         ("(a) decode: python-isal igzip, one thread",
-         lambda out: [py, "-c", DECODE_ISAL, run["bold"], str(nbytes)]),
+         lambda out: [py, "-c", DECODE.format(module="igzip", kwargs="{}", nbytes=nbytes),
+                      run["bold"]]),
         ("(a) decode: python-isal threaded reader (bidsfm's default with 2+ CPUs)",
-         lambda out: [py, "-c", DECODE_ISAL_THREADED, run["bold"], str(nbytes)]),
+         lambda out: [py, "-c", DECODE.format(module="igzip_threaded",
+                                              kwargs="{'threads': 1, 'block_size': 1 << 20}",
+                                              nbytes=nbytes), run["bold"]]),
         ("(b) data plane: process_run (extraction, cleaning, FC, derivatives)",
          lambda out: [py, "-c", DATA_PLANE, json.dumps(run), str(out), STRATEGY]),
         ("(b') data plane, atlas index cached (a cohort's runs after the first on a grid)",
