@@ -152,22 +152,14 @@ def integrated_gradients_heads(model, fc: np.ndarray, heads: Mapping[str, HeadSp
         runs_per_pass = 1 if ends.device.type == "cpu" else GPU_RUNS_PER_PASS
     if runs_per_pass < 1:
         raise ValueError(f"runs_per_pass must be >= 1, got {runs_per_pass}")
-    if runs_per_pass == 1:
-        for b in range(ends.shape[0]):
-            delta = ends[b] - base
-            vmask = valid[b][None]
-            grads = path_gradient_sums(lambda p, vm=vmask: embed(p, vm.expand(len(p), -1)),
-                                       base, delta, vectors[:, b], steps, chunk)
-            rows[:, b] = (grads / steps * delta).sum(dim=2)
-    else:
-        for b0 in range(0, ends.shape[0], runs_per_pass):
-            group = slice(b0, b0 + runs_per_pass)
-            deltas = ends[group] - base[None]
-            vmask = valid[group]
-            grads = path_gradient_sums_runs(
-                lambda p, k, vm=vmask: embed(p, vm.repeat_interleave(k, dim=0)),
-                base, deltas, vectors[:, group], steps, chunk)
-            rows[:, group] = (grads / steps * deltas[None]).sum(dim=3)
+    for b0 in range(0, ends.shape[0], runs_per_pass):
+        group = slice(b0, b0 + runs_per_pass)
+        deltas = ends[group] - base[None]
+        vmask = valid[group]
+        grads = path_gradient_sums_runs(
+            lambda p, k, vm=vmask: embed(p, vm.repeat_interleave(k, dim=0)),
+            base, deltas, vectors[:, group], steps, chunk)
+        rows[:, group] = (grads / steps * deltas[None]).sum(dim=3)
     missing = ~valid.cpu().numpy()
     out = {}
     for k, name in enumerate(names):
@@ -246,32 +238,14 @@ def path_gradient_sums(embed: Callable[[Any], Any], start, delta, vectors, steps
         (H, ...) sums over the path points of ``d head / d input`` (divide by ``steps`` and
         multiply by ``delta`` for the attributions).
     """
-    import torch
-
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    n_heads = vectors.shape[0]
-    alphas = (torch.arange(steps, dtype=torch.float32, device=delta.device) + 0.5) / steps
-    sums = torch.zeros((n_heads, *delta.shape), dtype=delta.dtype, device=delta.device)
-    if n_heads == 0:
-        return sums
-    shape = (-1,) + (1,) * delta.ndim
-    for s in range(0, steps, chunk):
-        a = alphas[s:s + chunk].view(shape)
-        path = (start[None] + a * delta[None]).requires_grad_(True)
-        emb = embed(path)
-        for h in range(n_heads):
-            # a scalar whose gradient w.r.t. the embedding is exactly the head's vector; an
-            # explicit grad_outputs tensor would make torch import sympy (0.5 s) on first use
-            (grad,) = torch.autograd.grad((emb * vectors[h]).sum(), path,
-                                          retain_graph=h < n_heads - 1)
-            sums[h] += grad.sum(dim=0)
-    return sums
+    return path_gradient_sums_runs(lambda points, _k: embed(points), start, delta[None],
+                                   vectors[:, None], steps, chunk)[:, 0]
 
 
 def path_gradient_sums_runs(embed: Callable[[Any, int], Any], start, deltas, vectors,
                             steps: int, chunk: int = DEFAULT_CHUNK) -> Any:
-    """:func:`path_gradient_sums` of several runs at once (their path points in one pass).
+    """Path gradient sums of several runs at once (their path points in one pass);
+    :func:`path_gradient_sums` is the one-run case.
 
     Parameters
     ----------
@@ -311,6 +285,8 @@ def path_gradient_sums_runs(embed: Callable[[Any, int], Any], start, deltas, vec
         path = path.reshape((n_runs * k,) + item).requires_grad_(True)
         emb = embed(path, k).view(n_runs, k, -1)
         for h in range(n_heads):
+            # a scalar whose gradient w.r.t. the embedding is exactly the head's vector; an
+            # explicit grad_outputs tensor would make torch import sympy (0.5 s) on first use
             (grad,) = torch.autograd.grad((emb * vectors[h][:, None, :]).sum(), path,
                                           retain_graph=h < n_heads - 1)
             sums[h] += grad.view((n_runs, k) + item).sum(dim=1)
