@@ -21,6 +21,18 @@ def _shared_data() -> Path | None:
 SHARED = _shared_data()
 
 
+@pytest.fixture(scope="module")
+def model():
+    """The bundled default model on the CPU, one thread (loaded once per test module: tests may
+    patch it)."""
+    import torch
+
+    from bidsfm.models.registry import load_model
+
+    torch.set_num_threads(1)
+    return load_model()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data folder (../shared/data); tests needing it skip when it is absent."""

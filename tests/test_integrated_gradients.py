@@ -12,18 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bidsfm.models.registry import DEFAULT_MODEL, list_models, load_model
+from bidsfm.models.registry import DEFAULT_MODEL, list_models
 
 pytestmark = pytest.mark.skipif(DEFAULT_MODEL not in list_models(),
                                 reason="bundled model not present")
-
-
-@pytest.fixture(scope="module")
-def model():
-    import torch
-
-    torch.set_num_threads(1)
-    return load_model()
 
 
 def _demo_fc(seed: int, n_volumes: int = 150, missing: tuple[int, ...] = ()) -> np.ndarray:

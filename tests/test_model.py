@@ -14,14 +14,6 @@ pytestmark = pytest.mark.skipif(DEFAULT_MODEL not in list_models(),
                                 reason="bundled model not present")
 
 
-@pytest.fixture(scope="module")
-def model():
-    import torch
-
-    torch.set_num_threads(1)
-    return load_model()
-
-
 def _loadings(seed=7, r=200, n_factors=12):
     """A fixed network structure: each factor loads on a random set of ROIs."""
     rng = np.random.default_rng(seed)
