@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import ConfigError
 from .utils import (
+    tsv_rows,
     write_bytes_atomic,
     write_frame_atomic,
     write_json_atomic,
@@ -364,12 +365,7 @@ def tsv_text(data: np.ndarray, columns: Sequence[str], *, index: Sequence[str] |
         if not name or any(c in name for c in '\t\n\r"'):
             return None
     lines = ["\t".join(([str(index_name)] if lead is not None else []) + names)]
-    row_format = "\t".join(["%.8g"] * arr.shape[1])
-    for i, row in enumerate(arr.tolist()):
-        line = row_format % tuple(row)
-        if "nan" in line:
-            line = "\t".join("n/a" if cell == "nan" else cell for cell in line.split("\t"))
-        lines.append(line if lead is None else f"{lead[i]}\t{line}")
+    lines += tsv_rows(arr, "%.8g", lead)
     return "\n".join(lines) + "\n"
 
 
@@ -688,3 +684,4 @@ def write_atlas_dataset(output_dir: str | Path, atlas: Any, run_space: str) -> P
 def bids_uri(dataset: str, relpath: str) -> str:
     """A BIDS URI (``bids:<dataset>:<relative path>``)."""
     return f"bids:{dataset}:{relpath}"
+

@@ -455,29 +455,24 @@ def write_reports(config: Config, participants: list[str], steps: Any = None) ->
         from .reports import write_subject_report  # noqa: F401 (reports are installed)
     except ImportError:
         return
-    global _REPORT_JOB
-    nprocs = config.execution.nprocs
-    pool = None
-    if nprocs > 1 and len(participants) > 1:
-        import multiprocessing as mp
+    from .utils import fork_pool
 
-        if "fork" in mp.get_all_start_methods():
-            _REPORT_JOB = (config.output_dir, config.execution.figures)  # before the fork
-            pool = mp.get_context("fork").Pool(min(nprocs, len(participants)))
-    for p in participants:
-        if steps is not None:
-            steps.start(*steps.labels.get(f"report:{p}", (f"sub-{p}", "HTML report")))
-        if pool is None:
-            _REPORT_JOB = (config.output_dir, config.execution.figures)
-            _report_done(steps, *_write_report(p))
-    if pool is not None:
-        try:
+    global _REPORT_JOB
+    nprocs = min(config.execution.nprocs, len(participants))
+    _REPORT_JOB = (config.output_dir, config.execution.figures)  # before any fork
+    try:
+        pool = fork_pool(nprocs) if nprocs > 1 else None
+        for p in participants:
+            if steps is not None:
+                steps.start(*steps.labels.get(f"report:{p}", (f"sub-{p}", "HTML report")))
+            if pool is None:
+                _report_done(steps, *_write_report(p))
+        if pool is not None:
             with pool:
                 for done in pool.imap(_write_report, participants):
                     _report_done(steps, *done)
-        finally:
-            _REPORT_JOB = None
-    _REPORT_JOB = None
+    finally:
+        _REPORT_JOB = None
 
 
 #: output folder and figures flag of :func:`write_reports` (inherited by forked workers)

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -363,3 +363,39 @@ def is_inside(child: Path, parent: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def tsv_rows(values: Any, float_format: str, lead: Sequence[str] | None = None,
+             start: int = 0, stop: int | None = None) -> Iterator[str]:
+    """Lines (without the newline) of a float block as pandas' ``to_csv`` writes them with
+    ``float_format`` and ``na_rep="n/a"``: one %-format per row, one row of Python floats at a
+    time (so memory does not grow with the table), each after its ``lead`` cell when given.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        2D float array.
+    float_format : str
+        A %-format for one number (``"%.6g"``).
+    lead : sequence of str, optional
+        One first cell per row of ``values``.
+    start, stop : int
+        The rows to format.
+    """
+    row_format = "\t".join([float_format] * values.shape[1])
+    for i in range(start, len(values) if stop is None else stop):
+        line = row_format % tuple(values[i].tolist())
+        if "nan" in line:
+            line = "\t".join("n/a" if cell == "nan" else cell for cell in line.split("\t"))
+        yield line if lead is None else f"{lead[i]}\t{line}"
+
+
+def fork_pool(nprocs: int) -> Any:
+    """A pool of ``nprocs`` forked worker processes (they inherit this process's memory, so
+    large arrays and module state reach them without pickling), or None where fork is not
+    available."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        return None
+    return mp.get_context("fork").Pool(nprocs)

@@ -25,6 +25,7 @@ from ..derivatives import (
     output_base,
     parse_name,
 )
+from ..utils import fork_pool, tsv_rows
 
 #: run entities in BIDS order, as group-table columns
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
@@ -59,16 +60,6 @@ def _read_tsv_rows(path: Path) -> list[dict[str, str]]:
 #: workers costs more than it saves)
 PARALLEL_MIN_FILES = 200
 PARALLEL_MIN_ROWS = 200
-
-
-def _fork_pool(nprocs: int):
-    """A pool of ``nprocs`` forked workers (they inherit this process's memory, so large
-    arrays reach them without copying), or None where fork is not available."""
-    import multiprocessing as mp
-
-    if "fork" not in mp.get_all_start_methods():
-        return None
-    return mp.get_context("fork").Pool(nprocs)
 
 
 def _read_row(path: Path) -> tuple[bytes, bytes]:
@@ -164,7 +155,7 @@ def read_vectors(paths: list[Path], nprocs: int = 1
         values = np.empty((n, width))
     _VECTORS_JOB = (paths, values, header_line)  # before the fork
     try:
-        pool = _fork_pool(nprocs) if parallel else None
+        pool = fork_pool(nprocs) if parallel else None
         if pool is None:
             errors.update(_parse_rows(first, n))
         else:
@@ -504,7 +495,7 @@ def write_table(frame: pd.DataFrame, path: str | Path, nprocs: int = 1) -> Path:
             f.write((lead_lines[0] + "\t" + head if lead else head) + "\n")
             global _ROWS_JOB
             _ROWS_JOB = (values, lead_lines[1:] if lead else None)  # before the fork
-            pool = (_fork_pool(nprocs) if nprocs > 1 and len(values) >= PARALLEL_MIN_ROWS
+            pool = (fork_pool(nprocs) if nprocs > 1 and len(values) >= PARALLEL_MIN_ROWS
                     else None)
             if pool is None:
                 _ROWS_JOB = None
@@ -535,12 +526,8 @@ def _write_rows(f, values: np.ndarray, lead_lines: list[str] | None, start: int,
                 stop: int) -> None:
     """Write rows ``start:stop`` of ``values`` (``%.6g``, ``n/a`` for NaN) after their lead
     cells."""
-    row_fmt = "\t".join(["%.6g"] * values.shape[1])
-    for i in range(start, stop):  # one row of Python floats at a time (memory)
-        line = row_fmt % tuple(values[i].tolist())
-        if "nan" in line:
-            line = "\t".join("n/a" if t == "nan" else t for t in line.split("\t"))
-        f.write((lead_lines[i] + "\t" + line if lead_lines is not None else line) + "\n")
+    for line in tsv_rows(values, "%.6g", lead_lines, start, stop):
+        f.write(line + "\n")
 
 
 def _write_rows_part(start: int, stop: int, part: str) -> None:
