@@ -685,3 +685,17 @@ def bids_uri(dataset: str, relpath: str) -> str:
     """A BIDS URI (``bids:<dataset>:<relative path>``)."""
     return f"bids:{dataset}:{relpath}"
 
+
+def resolve_bids_uri(uri: str, links: dict[str, str], root: str | Path) -> Path:
+    """The file a :func:`bids_uri` of the dataset at ``root`` names, through its
+    ``DatasetLinks`` (a relative link is relative to ``root``).
+
+    Raises
+    ------
+    ValueError
+        If ``uri`` is not a BIDS URI or names a dataset ``links`` does not hold.
+    """
+    parts = str(uri).split(":", 2)
+    if len(parts) != 3 or parts[0] != "bids" or parts[1] not in links:
+        raise ValueError(f"cannot resolve {uri!r} (no such entry in DatasetLinks)")
+    return Path(root) / links[parts[1]] / parts[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -201,3 +202,18 @@ def test_tsv_text_equals_pandas(tmp_path, dtype, with_index):
     path = write_tsv_atomic(tmp_path / "a.tsv", data, names, index=rows)
     assert path.read_text() == by_pandas(names, rows)
     assert tsv_text(np.arange(10).reshape(2, 5), names) is None  # integers: pandas
+
+
+def test_resolve_bids_uri(tmp_path):
+    """The inverse of bids_uri through DatasetLinks: absolute links as bidsfm writes them,
+    relative ones from the dataset root; other URIs are refused."""
+    from bidsfm.derivatives import bids_uri, resolve_bids_uri
+
+    rel = "sub-01/func/sub-01_task-rest_desc-brain_mask.nii.gz"
+    links = {"preprocessed": "/data/fmriprep", "raw": "../raw"}
+    assert resolve_bids_uri(bids_uri("preprocessed", rel), links, tmp_path) == Path(
+        "/data/fmriprep") / rel
+    assert resolve_bids_uri(bids_uri("raw", rel), links, tmp_path) == tmp_path / "../raw" / rel
+    for bad in ("sub-01/x.nii.gz", bids_uri("other", rel), "file:///data/x"):
+        with pytest.raises(ValueError, match="cannot resolve"):
+            resolve_bids_uri(bad, links, tmp_path)

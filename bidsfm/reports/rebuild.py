@@ -90,14 +90,6 @@ def rebuild_participant_reports(output_dir: str | Path, labels: list[str] | None
     return problems
 
 
-def _input_path(uri: str, links: dict[str, str]) -> Path:
-    """The file a ``bids:<dataset>:<path>`` URI of a sidecar names (``DatasetLinks``)."""
-    parts = str(uri).split(":", 2)
-    if len(parts) != 3 or parts[0] != "bids" or parts[1] not in links:
-        raise ValueError(f"cannot resolve {uri!r} (no such entry in DatasetLinks)")
-    return Path(links[parts[1]]) / parts[2]
-
-
 def redraw_placement_figures(output_dir: str | Path, subject: str
                              ) -> tuple[list[Path], list[str]]:
     """Draw the atlas placement PNGs of a participant again (after ``--no-figures``).
@@ -127,7 +119,7 @@ def redraw_placement_figures(output_dir: str | Path, subject: str
     import nibabel as nib
 
     from ..atlases import place_atlas, resolve_atlas
-    from ..derivatives import PLACEMENT_FIGURE_TAIL, atlas_dataset_paths
+    from ..derivatives import PLACEMENT_FIGURE_TAIL, atlas_dataset_paths, resolve_bids_uri
     from ..extract import load_mask
     from .placement import write_placement_figure
     from .readers import read_json
@@ -149,7 +141,8 @@ def redraw_placement_figures(output_dir: str | Path, subject: str
             sources = meta.get("Sources") or []
             if len(sources) < 2:
                 raise ValueError("its QC sidecar names no BOLD file and brain mask")
-            bold, mask_path = (_input_path(u, links) for u in sources[:2])
+            bold, mask_path = (resolve_bids_uri(u, links, output_dir)
+                               for u in sources[:2])
             for needed in (bold, mask_path):
                 if not needed.is_file():
                     raise ValueError(f"input file not found: {needed} (the input dataset "
