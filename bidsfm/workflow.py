@@ -126,6 +126,7 @@ class EncodeParticipant(SimpleInterface):
         from .errors import BidsfmError
         from .models.device import resolve_device
         from .models.registry import load_model
+
         torch.set_num_threads(max(1, self.inputs.omp_nthreads))
         runs = [BoldRun.from_dict(r) for r in self.inputs.runs]
         try:
