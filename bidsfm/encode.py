@@ -250,14 +250,16 @@ def _encode(runs, model, output_dir, attention_steps, batch_size, figures, resul
     return results
 
 
-def _encode_chunk(todo, model, output_dir, attention_steps, batch_size, figures, results):
-    """Encode and write the outputs of some runs (at most :data:`RUNS_PER_CHUNK`)."""
+def _encode_chunk(todo, model, output_dir, attention_steps, batch_size, figures,
+                  results) -> None:
+    """Encode and write the outputs of some runs (at most :data:`RUNS_PER_CHUNK`), adding a
+    result per run to ``results``."""
     import pandas as pd
 
     atlas, names = model.atlas, model.roi_names
     todo, fc_list = _refuse_without_signal(todo, model, names, results)
     if not todo:
-        return results
+        return
 
     # the model's inputs: FC models take the FC matrices just read; time-series models read
     # each run's denoised series + RepetitionTime (next to the FC) and may leave runs out
@@ -267,7 +269,7 @@ def _encode_chunk(todo, model, output_dir, attention_steps, batch_size, figures,
         results.append({"run": todo[j][0].prefix, "status": "skipped", "reason": short[j],
                         "_qc": todo.pop(j)[4]})
     if not todo:
-        return results
+        return
     emb = model.encode(fcs, batch_size=batch_size)
     preds = model.head_outputs(emb)
     heads = list(model.heads)
@@ -298,7 +300,6 @@ def _encode_chunk(todo, model, output_dir, attention_steps, batch_size, figures,
             "Precision": model.precision,
         })
         results.append({"run": run.prefix, "status": "ok", "reason": "", "_qc": qc_path})
-    return results
 
 
 def _precision_key(model) -> str:
