@@ -119,7 +119,7 @@ def redraw_placement_figures(output_dir: str | Path, subject: str
     import nibabel as nib
 
     from ..atlases import place_atlas, resolve_atlas
-    from ..derivatives import PLACEMENT_FIGURE_TAIL, atlas_dataset_paths, resolve_bids_uri
+    from ..derivatives import atlas_dataset_paths, resolve_bids_uri
     from ..extract import load_mask
     from .placement import write_placement_figure
     from .readers import read_json
@@ -137,6 +137,10 @@ def redraw_placement_figures(output_dir: str | Path, subject: str
         if meta.get("Status") != "ok" or not atlas_meta.get("Name"):
             continue  # a skipped or failed run has no placement figure
         space = run.entities.get("space")
+        template = atlas_meta.get("Template") or space
+        image = atlas_dataset_paths(output_dir, atlas_meta["Name"], template)["image"]
+        if not image.is_file():
+            continue  # a probabilistic atlas (no placement figure) or no atlas copy
         try:
             sources = meta.get("Sources") or []
             if len(sources) < 2:
@@ -148,10 +152,6 @@ def redraw_placement_figures(output_dir: str | Path, subject: str
                     raise ValueError(f"input file not found: {needed} (the input dataset "
                                      "recorded in dataset_description.json DatasetLinks: was "
                                      "it moved?)")
-            template = atlas_meta.get("Template") or space
-            image = atlas_dataset_paths(output_dir, atlas_meta["Name"], template)["image"]
-            if not image.is_file():
-                continue  # a probabilistic atlas (no placement figure) or no atlas copy
             atlas = resolve_atlas(f"{atlas_meta['Name']}={image}", space=space)
             if atlas.sha256 != atlas_meta.get("SHA256"):
                 raise ValueError(f"{image} is not the atlas file the run read (sha256 differs)")
@@ -162,9 +162,8 @@ def redraw_placement_figures(output_dir: str | Path, subject: str
                                             target_space=space)
             if getattr(projection, "labels", None) is None:
                 continue
-            png = subject_dir / "figures" / (run.base.name + PLACEMENT_FIGURE_TAIL)
-            written.append(write_placement_figure(png, projection.labels, mask,
-                                                  header.affine))
+            written.append(write_placement_figure(run.placement_figure(subject_dir),
+                                                  projection.labels, mask, header.affine))
         except ValueError as exc:
             problems.append(f"{qc_json.name}: atlas placement figure not drawn ({exc})")
         except Exception as exc:  # one run's inputs must not stop the others

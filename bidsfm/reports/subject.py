@@ -67,6 +67,10 @@ class RunOutputs:
             return self.path(MODEL_OUTPUT_TAILS[kind].format(model=model))
         return self.path(RUN_OUTPUT_TAILS[kind])
 
+    def placement_figure(self, subject_dir: Path) -> Path:
+        """The atlas placement PNG of the run in ``sub-X/figures/``."""
+        return subject_dir / "figures" / (self.base.name + PLACEMENT_FIGURE_TAIL)
+
     @property
     def atlas(self) -> str:
         """Atlas name."""
@@ -325,7 +329,7 @@ def _signal_figures(run: RunOutputs, qc: dict[str, Any], status: str, subject_di
                              f"mask; {int((vals < thr).sum())} ROI(s) below {thr:g}."))
     else:
         figs.append(h.note(problem or "coverage table is empty", "warn"))
-    png_path = subject_dir / "figures" / (run.base.name + PLACEMENT_FIGURE_TAIL)
+    png_path = run.placement_figure(subject_dir)
     if png_path.is_file():
         how = qc.get("atlas_transform") or "see the QC table"
         figs.append(h.figure_file(png_path, "atlas placement", f"Atlas {run.atlas} on this "
